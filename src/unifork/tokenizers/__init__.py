@@ -1,0 +1,1 @@
+"""Text (subword BPE) and image (VQ-VAE) tokenizers."""

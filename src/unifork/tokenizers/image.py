@@ -1,0 +1,215 @@
+"""The image tokenizer: a VQ-VAE (conv encoder -> vector quantizer -> conv decoder).
+
+It gives the two views UniFork needs of an image: discrete codes (the generation branch predicts them) and
+continuous latents (the understanding branch reads them through an MLP projector, LLaVA-style).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import nn
+from vector_quantize_pytorch import FSQ, VectorQuantize
+
+from unifork.errors import UserError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ImageTokenizerConfig:
+    image_size: int = 64
+    channels: tuple[int, ...] = (64, 128, 128)  # one stage per halving: 64 -> 32 -> 16 -> 8
+    latent_dim: int = 64  # continuous latent width (understanding input)
+    quantizer: str = "fsq"  # "fsq" (finite scalar quantization) or "vq" (EMA codebook + dead-code replacement)
+    codebook_size: int = 512  # for "vq"; for "fsq" it is the product of fsq_levels
+    fsq_levels: tuple[int, ...] = (8, 8, 8)
+    codebook_dim: int = 8  # for "vq": low-dimensional codes with l2-normalized lookup train far better on CPU budgets
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // 2 ** len(self.channels)
+
+    @property
+    def num_codes(self) -> int:
+        if self.quantizer == "fsq":
+            n = 1
+            for level in self.fsq_levels:
+                n *= level
+            return n
+        return self.codebook_size
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "vqvae", **asdict(self)}, indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageTokenizerConfig":
+        d = {k: v for k, v in d.items() if k != "kind"}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown key '{unknown[0]}' in image tokenizer config; known keys: {', '.join(sorted(known))}")
+        for key in ("channels", "fsq_levels"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+            nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ImageTokenizerConfig):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, cfg.channels[0], 3, padding=1)]
+        ch_in = cfg.channels[0]
+        for ch in cfg.channels:
+            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), ResBlock(ch)]
+            ch_in = ch
+        layers += [nn.GroupNorm(8, ch_in), nn.SiLU(), nn.Conv2d(ch_in, cfg.latent_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, latent_dim, grid, grid)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ImageTokenizerConfig):
+        super().__init__()
+        chs = cfg.channels[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, chs[0], 3, padding=1), ResBlock(chs[0])]
+        ch_in = chs[0]
+        for ch in chs:
+            layers += [nn.ConvTranspose2d(ch_in, ch, 4, stride=2, padding=1), ResBlock(ch)]
+            ch_in = ch
+        layers += [nn.GroupNorm(8, ch_in), nn.SiLU(), nn.Conv2d(ch_in, 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)  # (B, 3, H, W) in [-1, 1] (not clamped: the loss sees the raw output)
+
+
+class ImageTokenizer(nn.Module):
+    """Images are float tensors (B, 3, H, W) in [-1, 1]; codes are long tensors (B, grid*grid), row-major."""
+
+    def __init__(self, cfg: ImageTokenizerConfig = ImageTokenizerConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        if cfg.quantizer == "fsq":
+            # FSQ (Mentzer et al. 2023, arXiv 2309.15505): a fixed grid, so no codebook collapse to fight.
+            self.quantizer = FSQ(levels=list(cfg.fsq_levels), dim=cfg.latent_dim)
+        elif cfg.quantizer == "vq":
+            self.quantizer = VectorQuantize(
+                dim=cfg.latent_dim,
+                codebook_size=cfg.codebook_size,
+                codebook_dim=cfg.codebook_dim,
+                decay=0.9,
+                commitment_weight=0.25,
+                kmeans_init=True,
+                threshold_ema_dead_code=2,  # re-seed codes unused in recent batches (dead-code replacement)
+                use_cosine_sim=True,
+                accept_image_fmap=True,
+            )
+        else:
+            raise UserError(f"unknown quantizer '{cfg.quantizer}' in image tokenizer config; use 'fsq' or 'vq'")
+
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Continuous pre-quantization latents, (B, grid*grid, latent_dim): the understanding input."""
+        return rearrange(self.encoder(images), "b d h w -> b (h w) d")
+
+    def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, D, h, w) latents -> (quantized latents, codes (B, h, w), auxiliary loss)."""
+        if self.cfg.quantizer == "fsq":
+            zq, codes = self.quantizer(z)  # 4-D input is taken as channel-first
+            return zq, codes, z.new_zeros(())
+        zq, codes, aux = self.quantizer(z)
+        return zq, codes, aux.sum()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction, codes (B, grid*grid), auxiliary quantizer loss."""
+        zq, codes, aux = self.quantize(self.encoder(images))
+        return self.decoder(zq), rearrange(codes, "b h w -> b (h w)"), aux
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Discrete codes (B, grid*grid): the generation targets."""
+        _, codes, _ = self.quantize(self.encoder(images))
+        return rearrange(codes, "b h w -> b (h w)")
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, grid*grid) -> images (B, 3, H, W) clamped to [-1, 1]."""
+        g = self.cfg.grid
+        if codes.shape[-1] != g * g:
+            raise UserError(f"expected {g * g} image codes per image, got {codes.shape[-1]}")
+        grid_codes = rearrange(codes, "b (h w) -> b h w", h=g)
+        if self.cfg.quantizer == "fsq":
+            zq = self.quantizer.indices_to_codes(grid_codes)  # (B, D, h, w)
+        else:
+            zq = rearrange(self.quantizer.get_output_from_indices(grid_codes), "b h w d -> b d h w")
+        return self.decoder(zq).clamp(-1, 1)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(directory / CONFIG_FILE, self.cfg.to_json())
+        tmp = directory / (WEIGHTS_FILE + ".tmp")
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        tmp.replace(directory / WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ImageTokenizer":
+        directory = Path(directory)
+        cfg_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (cfg_path, weights_path):
+            if not path.is_file():
+                raise UserError(f"missing image tokenizer file {path}; train one with `unifork tokenizer train --out DIR`")
+        try:
+            cfg = ImageTokenizerConfig.from_dict(json.loads(cfg_path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise UserError(f"corrupt image tokenizer config {cfg_path}: {err}") from None
+        model = cls(cfg)
+        try:
+            state = load_file(str(weights_path))
+        except Exception as err:  # safetensors raises its own error types for truncated/garbled files
+            raise UserError(f"corrupt image tokenizer weights {weights_path}: {err}") from None
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise UserError(f"image tokenizer weights {weights_path} do not match {cfg_path}: {str(err).splitlines()[1].strip()}") from None
+        return model.eval()
+
+
+def images_to_tensor(images) -> torch.Tensor:
+    """uint8 (B, H, W, 3) array/tensor -> float (B, 3, H, W) in [-1, 1]."""
+    x = torch.as_tensor(images)
+    return rearrange(x, "b h w c -> b c h w").float().div(127.5).sub(1.0)
+
+
+def tensor_to_images(x: torch.Tensor):
+    """float (B, 3, H, W) in [-1, 1] -> uint8 numpy (B, H, W, 3)."""
+    return rearrange(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), "b c h w -> b h w c").cpu().numpy()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,57 @@
+"""The world on disk: PNGs plus one meta.jsonl line per image, and a forgiving image loader for the detector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from unifork.errors import UserError
+from unifork.world.dataset import World
+from unifork.world.detect import to_canvas_rgb
+from unifork.world.spec import WorldConfig
+
+
+def export_world(out: str | Path, n: int, split: str = "train", seed: int = 0) -> int:
+    """Write samples 0..n-1 of (seed, split) as out/000000.png ... and out/meta.jsonl; returns n."""
+    if n < 1:
+        raise UserError(f"the number of scenes (--n) must be at least 1, got {n}")
+    world = World(seed=seed, split=split)  # validates split and seed before anything touches the disk
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path exists and is not a directory: {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "meta.jsonl", "w") as meta:
+        for i in range(n):
+            sample = world.sample(i)
+            name = f"{i:06d}.png"
+            Image.fromarray(sample.image).save(out / name)
+            record = {
+                "file": name,
+                "split": split,
+                "seed": seed,
+                "index": i,
+                "source": sample.source,
+                "spec": sample.scene.to_dict(),
+                "captions": [list(c) for c in sample.captions],
+                "qa": [list(q) for q in sample.qa],
+            }
+            meta.write(json.dumps(record) + "\n")
+    return n
+
+
+def load_image(path: str | Path, cfg: WorldConfig = WorldConfig()) -> np.ndarray:
+    """uint8 (canvas, canvas, 3) RGB from any image file PIL reads (palette, RGBA on white, 16-bit, CMYK, L)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such image file: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_canvas_rgb(img, cfg)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"not an image file: {path}") from err
