@@ -26,6 +26,13 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_tokenizer_reconstruct(args: argparse.Namespace) -> None:
+    from unifork.tokenizers.reconstruct import reconstruct_image
+
+    result = reconstruct_image(args.tokenizer, args.image, args.out)
+    print(f"{len(result['codes'])} codes, reconstruction PSNR {result['psnr']:.2f} dB, written to {args.out}")
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from unifork.quickstart import quickstart
 
@@ -52,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--size", default="default", help="size preset: default | tiny")
     tok_train.add_argument("--seed", type=int, default=0, help="random seed")
     tok_train.set_defaults(func=_cmd_tokenizer_train)
+
+    tok_rec = tok_sub.add_parser("reconstruct", help="encode an image to codes and decode it back")
+    tok_rec.add_argument("--tokenizer", required=True, help="image tokenizer directory")
+    tok_rec.add_argument("--image", required=True, help="input image file (any mode/size; converted to RGB, resized)")
+    tok_rec.add_argument("--out", required=True, help="output PNG of the reconstruction")
+    tok_rec.set_defaults(func=_cmd_tokenizer_reconstruct)
 
     qs = sub.add_parser("quickstart", help="the main job: train and evaluate a small UniFork on the shapes world")
     qs.add_argument("--out", default="runs/quickstart", help="output directory")

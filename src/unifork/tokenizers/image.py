@@ -126,8 +126,7 @@ class ImageTokenizer(nn.Module):
                 kmeans_init=True,
                 threshold_ema_dead_code=2,  # re-seed codes unused in recent batches (dead-code replacement)
                 use_cosine_sim=True,
-                accept_image_fmap=True,
-            )
+            )  # fed (B, h*w, D) sequences: the library's image-fmap mode mis-orders axes when codebook_dim != dim
         else:
             raise UserError(f"unknown quantizer '{cfg.quantizer}' in image tokenizer config; use 'fsq' or 'vq'")
 
@@ -140,8 +139,9 @@ class ImageTokenizer(nn.Module):
         if self.cfg.quantizer == "fsq":
             zq, codes = self.quantizer(z)  # 4-D input is taken as channel-first
             return zq, codes, z.new_zeros(())
-        zq, codes, aux = self.quantizer(z)
-        return zq, codes, aux.sum()
+        h = z.shape[-2]
+        zq, codes, aux = self.quantizer(rearrange(z, "b d h w -> b (h w) d"))
+        return rearrange(zq, "b (h w) d -> b d h w", h=h), rearrange(codes, "b (h w) -> b h w", h=h), aux.sum()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction, codes (B, grid*grid), auxiliary quantizer loss."""
@@ -164,7 +164,7 @@ class ImageTokenizer(nn.Module):
         if self.cfg.quantizer == "fsq":
             zq = self.quantizer.indices_to_codes(grid_codes)  # (B, D, h, w)
         else:
-            zq = rearrange(self.quantizer.get_output_from_indices(grid_codes), "b h w d -> b d h w")
+            zq = rearrange(self.quantizer.get_output_from_indices(codes), "b (h w) d -> b d h w", h=g)
         return self.decoder(zq).clamp(-1, 1)
 
     def save(self, directory: str | Path) -> None:

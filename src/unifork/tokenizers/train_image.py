@@ -1,0 +1,113 @@
+"""Train the VQ-VAE image tokenizer (and the text tokenizer) on the shapes world, then measure them."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from unifork.errors import UserError
+from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, images_to_tensor
+from unifork.tokenizers.text import TextTokenizer, world_corpus
+from unifork.world import World
+
+
+@dataclass(frozen=True)
+class TokenizerRecipe:
+    model: ImageTokenizerConfig
+    steps: int
+    batch_size: int = 32
+    lr: float = 5e-3  # measured: 2e-3 reached 26.6 dB in the same time, 5e-3 reached 29.8 dB
+    warmup: int = 50
+    n_train_images: int = 8192
+    n_eval_images: int = 512
+    text_samples: int = 4000
+
+
+# Measured on the 2-core CPU: (16, 32, 64) channels train ~8x faster per step than (64, 128, 128) and reach a
+# higher PSNR within the 3-minute budget because they get ~8x more steps.
+RECIPES = {
+    "default": TokenizerRecipe(ImageTokenizerConfig(channels=(16, 32, 64)), steps=1000),
+    "tiny": TokenizerRecipe(ImageTokenizerConfig(channels=(16, 32, 64)), steps=120, n_train_images=1024,
+                            n_eval_images=128, text_samples=300),  # fmt: skip
+}
+
+
+def world_images(split: str, n: int, seed: int = 0) -> torch.Tensor:
+    world = World(seed=seed, split=split)
+    return images_to_tensor(np.stack([world.sample(i).image for i in range(n)]))
+
+
+@torch.no_grad()
+def psnr(model: ImageTokenizer, images: torch.Tensor, batch: int = 256) -> float:
+    """Mean PSNR (dB, pixel range [0, 255]) of code -> image reconstructions."""
+    values = []
+    for chunk in images.split(batch):
+        recon = model.decode(model.encode(chunk))
+        mse = ((recon - chunk) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)  # [-1,1] -> [0,1] range
+        values.append(-10 * torch.log10(mse))
+    return torch.cat(values).mean().item()
+
+
+@torch.no_grad()
+def codebook_usage(model: ImageTokenizer, images: torch.Tensor, batch: int = 256) -> float:
+    """Fraction of the codebook used at least once over the images."""
+    used = torch.cat([model.encode(chunk).flatten() for chunk in images.split(batch)]).unique()
+    return used.numel() / model.cfg.num_codes
+
+
+def train_image_tokenizer(out: str | Path, steps: int | None = None, seed: int = 0, size: str = "default",
+                          progress: bool = True) -> dict:  # fmt: skip
+    """Train both tokenizers into `out` (config.json, model.safetensors, tokenizer.json, report.json)."""
+    if size not in RECIPES:
+        raise UserError(f"unknown tokenizer size '{size}'; choose one of: {', '.join(RECIPES)}")
+    recipe = RECIPES[size] if steps is None else replace(RECIPES[size], steps=steps)
+    if recipe.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {recipe.steps}")
+    out = Path(out)
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+
+    TextTokenizer.train(world_corpus(recipe.text_samples, seed=seed)).save(out)
+
+    train_images = world_images("train", recipe.n_train_images, seed=seed)
+    model = ImageTokenizer(recipe.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(recipe.steps), desc="image tokenizer", disable=not progress, mininterval=1.0)
+    for step in bar:
+        lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = train_images[torch.randint(len(train_images), (recipe.batch_size,), generator=generator)]
+        recon, _, aux = model(batch)
+        loss = F.mse_loss(recon, batch) + aux
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    model.save(out)
+
+    heldout = world_images("heldout", recipe.n_eval_images, seed=seed)
+    test = world_images("test", recipe.n_eval_images, seed=seed)
+    report = {
+        "steps": recipe.steps,
+        "train_seconds": round(train_seconds, 1),
+        "psnr_heldout": round(psnr(model, heldout), 2),
+        "psnr_test": round(psnr(model, test), 2),
+        "codebook_usage": round(codebook_usage(model, torch.cat([heldout, test])), 4),
+        "num_codes": model.cfg.num_codes,
+        "grid": model.cfg.grid,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
