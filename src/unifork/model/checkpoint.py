@@ -1,0 +1,64 @@
+"""Model weights on disk: config.json + model.safetensors, written atomically, loaded strictly and loudly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from unifork.errors import UserError
+from unifork.model.config import ModelConfig
+from unifork.model.unifork import TASKS, UniFork
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write to a temp file, fsync, rename: a kill mid-save leaves the previous file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def save_model(model: UniFork, directory: str | Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.cfg.save(directory)
+    atomic_save_tensors(model.state_dict(), directory / WEIGHTS_FILE)
+
+
+def load_model(directory: str | Path, task: str | None = None, device: str | torch.device = "cpu") -> UniFork:
+    """Load a checkpoint; `task="gen"` / `"und"` builds and loads the trunk and that branch only."""
+    if task is not None and task not in TASKS:
+        raise UserError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)} (or none for both)")
+    directory = Path(directory)
+    cfg = ModelConfig.load(directory)
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(f"missing model weights {path}; is {directory} a unifork checkpoint directory?")
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as err:  # safetensors raises its own types on truncated or garbled files
+        raise UserError(f"corrupt model weights {path}: {err}") from None
+    tasks = TASKS if task is None else (task,)
+    with torch.device(device):
+        model = UniFork(cfg, tasks=tasks)
+    skipped = tuple(f"{t}." for t in TASKS if t not in tasks)
+    state = {k: v for k, v in state.items() if not k.startswith(skipped)} if skipped else state
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+            if keys
+        )
+        raise UserError(f"weights {path} do not match {directory / 'config.json'} ({detail})")
+    model.load_state_dict(state, strict=True)
+    return model.eval()

@@ -1,0 +1,87 @@
+"""ModelConfig: everything that fixes the shape of a UniFork model, saved next to its weights as config.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from unifork.errors import UserError
+
+UND_INPUTS = ("latents", "codes")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    text_vocab_size: int = 512
+    image_vocab_size: int = 512  # codes of the image tokenizer
+    image_tokens: int = 64  # codes per image (grid * grid): the generation branch predicts this many
+    image_latent_dim: int = 64  # width of the tokenizer's continuous latents (understanding input)
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 8
+    n_kv_heads: int = 4  # grouped-query attention: n_heads / n_kv_heads query heads share one key/value head
+    mlp_hidden: int = 704  # SwiGLU width, ~ 8/3 * d_model rounded to a multiple of 64
+    fork_layer: int = 3  # layers [0, fork_layer) are shared; [fork_layer, n_layers) exist once per task
+    max_seq_len: int = 160
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    und_input: str = "latents"  # "latents": tokenizer latents through an MLP projector (LLaVA-style); "codes": code embeddings
+
+    def __post_init__(self):
+        checks = [
+            (0 <= self.fork_layer <= self.n_layers, f"fork_layer must be in [0, n_layers={self.n_layers}], got {self.fork_layer}"),
+            (self.d_model % self.n_heads == 0, f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"),
+            (self.n_heads % self.n_kv_heads == 0, f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"),
+            ((self.d_model // self.n_heads) % 2 == 0, "the head dimension d_model / n_heads must be even for RoPE"),
+            (self.und_input in UND_INPUTS, f"und_input must be one of {', '.join(UND_INPUTS)}, got '{self.und_input}'"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"invalid model config: {message}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "model config") -> "ModelConfig":
+        known = {f.name: f.type for f in fields(cls)}
+        for key, value in d.items():
+            if key not in known:
+                raise UserError(f"unknown key '{key}' in {source}; known keys: {', '.join(known)}")
+            expected = {"int": int, "float": (int, float), "str": str}[known[key]]
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise UserError(f"'{key}' in {source} must be {known[key]}, got {value!r}")
+        return cls(**d)
+
+    def save(self, directory: str | Path) -> None:
+        path = Path(directory) / "config.json"
+        tmp = path.with_name("config.json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ModelConfig":
+        path = Path(directory) / "config.json"
+        if not path.is_file():
+            raise UserError(f"missing model config {path}; is {directory} a unifork checkpoint directory?")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as err:
+            raise UserError(f"corrupt model config {path}: {err}") from None
+        return cls.from_dict(data, source=str(path))
+
+
+# Named sizes. `debug` is what unit tests build; `tiny` is the quickstart model.
+SIZES = {
+    "debug": ModelConfig(d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, mlp_hidden=128, fork_layer=2),
+    "tiny": ModelConfig(d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, mlp_hidden=704, fork_layer=3),
+    "small": ModelConfig(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, mlp_hidden=1408, fork_layer=4),
+}
+
+
+def named_config(size: str, **overrides) -> ModelConfig:
+    if size not in SIZES:
+        raise UserError(f"unknown model size '{size}'; choose one of: {', '.join(SIZES)}")
+    return replace(SIZES[size], **overrides)

@@ -1,0 +1,189 @@
+"""The Y-shaped UniFork model: a shared trunk, then one branch per task (UniFork, arXiv 2506.17202, Fig. 1).
+
+    text / image codes / image latents
+                 |
+      trunk: embeddings + layers [0, fork_layer)        (shared by both tasks)
+              /                          \\
+    und branch: layers [fork, L)     gen branch: its own layers [fork, L)
+    + norm + text head               + norm + image-code head
+
+`fork_layer = n_layers` is the fully shared baseline (one stack, two heads); `fork_layer = 0` is two
+task-specific models that share only the embeddings. Every sample passes through n_layers layers, so the fork
+costs parameters, not compute per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unifork.model.blocks import Block, LayerCache, RMSNorm, Rotary
+from unifork.model.config import ModelConfig
+
+# What fills a sequence position: a text token, an image code, or a slot for one projected image latent.
+TEXT, CODE, LATENT = 0, 1, 2
+TASKS = ("und", "gen")
+TASK_ID = {"und": 0, "gen": 1}
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    """A left-padded batch of sequences of either task. T = longest sequence, L = image tokens."""
+
+    tokens: torch.Tensor  # (B, T) long: text ids at TEXT positions, code ids at CODE positions, 0 elsewhere
+    kinds: torch.Tensor  # (B, T) long: TEXT / CODE / LATENT
+    valid: torch.Tensor  # (B, T) bool: False at padding
+    task: torch.Tensor  # (B,) long: TASK_ID
+    latents: torch.Tensor | None = None  # (N, L, latent_dim) for the N rows holding LATENT slots, in row order
+    targets: torch.Tensor | None = None  # (B, T) long: the next token where a loss applies, IGNORE elsewhere
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """RoPE positions that skip left padding, so a padded row computes exactly what it would alone."""
+        return (self.valid.long().cumsum(-1) - 1).clamp_min(0)
+
+    def to(self, device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(*(move(getattr(self, f)) for f in ("tokens", "kinds", "valid", "task", "latents", "targets")))
+
+
+def attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
+    """(B, 1, q_len, S) bool for the last q_len of S positions: causal, no padding keys.
+
+    Each query may always see itself, so rows of left padding attend to something (no NaN from softmax).
+    """
+    s = valid.shape[1]
+    q_index = torch.arange(s - q_len, s, device=valid.device)[:, None]
+    k_index = torch.arange(s, device=valid.device)[None, :]
+    mask = (k_index <= q_index) & valid[:, None, :]
+    return (mask | (k_index == q_index)).unsqueeze(1)
+
+
+class Trunk(nn.Module):
+    """Embeddings of every input kind plus the shared layers [0, fork_layer)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.text_embed = nn.Embedding(cfg.text_vocab_size, cfg.d_model)
+        self.image_embed = nn.Embedding(cfg.image_vocab_size, cfg.d_model)
+        # 2-layer MLP projector with GELU, as LLaVA-1.5 and UniFork use for the understanding input.
+        self.projector = nn.Sequential(
+            nn.Linear(cfg.image_latent_dim, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model)
+        )
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.fork_layer))
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """(B, T, C) input vectors; each kind scattered into its positions by mask, no loop over samples."""
+        b, t = batch.tokens.shape
+        x = self.text_embed.weight.new_zeros(b, t, self.text_embed.embedding_dim)
+        text, code, latent = (batch.kinds == k for k in (TEXT, CODE, LATENT))
+        x[text] = self.text_embed(batch.tokens[text])
+        x[code] = self.image_embed(batch.tokens[code])
+        if batch.latents is not None and batch.latents.numel():
+            x[latent] = self.projector(batch.latents).flatten(0, 1)
+        return x
+
+
+class Branch(nn.Module):
+    """One task's deep layers [fork_layer, n_layers) + final norm + output head."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers - cfg.fork_layer))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+
+
+class UniFork(nn.Module):
+    def __init__(self, cfg: ModelConfig, tasks: tuple[str, ...] = TASKS):
+        super().__init__()
+        self.cfg = cfg
+        self.tasks = tuple(t for t in TASKS if t in tasks)
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.trunk = Trunk(cfg)
+        # A branch that is not loaded is None (task-only loading saves its memory).
+        self.und = Branch(cfg, cfg.text_vocab_size) if "und" in tasks else None
+        self.gen = Branch(cfg, cfg.image_vocab_size) if "gen" in tasks else None
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # scale residual projections by depth (GPT-2)
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, std=0.02 / (2 * cfg.n_layers) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def branch(self, task: str) -> Branch:
+        branch = getattr(self, task, None) if task in TASKS else None
+        if branch is None:
+            raise ValueError(f"the {task!r} branch is not loaded (loaded: {', '.join(self.tasks)})")
+        return branch
+
+    def _run(self, layers, x, positions, mask, caches):
+        for i, layer in enumerate(layers):
+            x = layer(x, positions, mask, self.rotary, None if caches is None else caches[i])
+        return x
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Mixed-task training forward: the trunk runs once over all rows, then rows are routed to their branch.
+
+        Returns the mean next-token cross-entropy of each task present, and their sum as "loss".
+        """
+        positions, mask = batch.positions, attention_mask(batch.valid, batch.tokens.shape[1])
+        h = self._run(self.trunk.layers, self.trunk.embed(batch), positions, mask, None)  # (B, T, C)
+        losses = {}
+        for task in self.tasks:
+            rows = (batch.task == TASK_ID[task]).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            branch = self.branch(task)
+            hb = self._run(branch.layers, h[rows], positions[rows], mask[rows], None)
+            targets = batch.targets[rows]
+            supervised = targets != IGNORE
+            logits = branch.head(branch.norm(hb[supervised]))  # only where a loss applies: (N, V)
+            losses[task] = F.cross_entropy(logits.float(), targets[supervised])
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> list[LayerCache]:
+        """One LayerCache per layer on a path (trunk layers, then one branch's layers)."""
+        p = next(self.parameters())
+        n = self.cfg.n_layers
+        max_len = max_len or self.cfg.max_seq_len
+        return [LayerCache(batch_size, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device) for _ in range(n)]
+
+    def step(self, task: str, batch: Batch, valid_so_far: torch.Tensor, positions: torch.Tensor,
+             cache: list[LayerCache]) -> torch.Tensor:  # fmt: skip
+        """Run new positions through the trunk and `task`'s branch with a KV cache (prefill or decode).
+
+        batch holds only the new positions (B, T_new); valid_so_far (B, S) covers cached + new positions.
+        Returns the branch's logits at the new positions, (B, T_new, V).
+        """
+        branch = self.branch(task)
+        mask = attention_mask(valid_so_far, batch.tokens.shape[1])
+        k = self.cfg.fork_layer
+        h = self._run(self.trunk.layers, self.trunk.embed(batch), positions, mask, cache[:k])
+        h = self._run(branch.layers, h, positions, mask, cache[k:])
+        return branch.head(branch.norm(h))
+
+    def logits(self, task: str, batch: Batch) -> torch.Tensor:
+        """Full-recompute logits of `task`'s branch at every position, (B, T, V): the reference for the cache."""
+        positions, mask = batch.positions, attention_mask(batch.valid, batch.tokens.shape[1])
+        branch = self.branch(task)
+        h = self._run(self.trunk.layers, self.trunk.embed(batch), positions, mask, None)
+        h = self._run(branch.layers, h, positions, mask, None)
+        return branch.head(branch.norm(h))
+
+    def param_counts(self) -> dict[str, int]:
+        counts = {"trunk": sum(p.numel() for p in self.trunk.parameters())}
+        for task in self.tasks:
+            counts[task] = sum(p.numel() for p in self.branch(task).parameters())
+        counts["total"] = sum(counts.values())
+        return counts
