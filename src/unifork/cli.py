@@ -36,7 +36,43 @@ def _cmd_tokenizer_reconstruct(args: argparse.Namespace) -> None:
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from unifork.quickstart import quickstart
 
-    quickstart(args.out)
+    quickstart(args.out, recipe=args.recipe)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from unifork.train.trainer import train
+
+    final = train(args.config, args.out, resume=args.resume, device=args.device)
+    print(f"training finished; final checkpoint in {final} (use it as --ckpt)")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from unifork.inference.pipeline import Pipeline, image_grid
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out must be a PNG file path, but {out} is a directory")
+    pipe = Pipeline.from_pretrained(args.ckpt, task="gen", device=args.device)
+    images = pipe.generate(args.prompt, n=args.n, cfg_scale=args.cfg, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(out, format="PNG")
+    print(f"wrote a grid of {len(images)} images to {out}")
+    if args.save_dir:
+        save_dir = Path(args.save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            image.save(save_dir / f"{i:03d}.png")
+        print(f"wrote {save_dir / '000.png'} ... {save_dir / f'{len(images) - 1:03d}.png'}")
+
+
+def _cmd_ask(args: argparse.Namespace) -> None:
+    from unifork.inference.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.ckpt, task="und", device=args.device)
+    print(pipe.ask(args.image, args.question))  # the answer alone, so scripts can capture it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +104,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     qs = sub.add_parser("quickstart", help="the main job: train and evaluate a small UniFork on the shapes world")
     qs.add_argument("--out", default="runs/quickstart", help="output directory")
+    qs.add_argument("--recipe", default=None, help="training recipe (default: configs/quickstart.toml)")
     qs.set_defaults(func=_cmd_quickstart)
+
+    tr = sub.add_parser("train", help="run the stages of a training recipe (TOML)")
+    tr.add_argument("--config", required=True, help="recipe file, e.g. configs/quickstart.toml")
+    tr.add_argument("--out", required=True, help="run directory (stages/, checkpoint/, metrics.jsonl)")
+    tr.add_argument("--resume", action="store_true", help="continue a run in --out: skip finished stages, resume the cut one")
+    tr.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    tr.set_defaults(func=_cmd_train)
+
+    gen = sub.add_parser("generate", help="sample images for a text prompt from a checkpoint")
+    gen.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
+    gen.add_argument("--prompt", required=True, help="caption to draw, e.g. 'two red circles'")
+    gen.add_argument("--n", type=int, default=4, help="number of images")
+    gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = no guidance)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely codes (0 = off)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
+    gen.add_argument("--out", required=True, help="output PNG: all images in a grid with 2 px white gaps")
+    gen.add_argument("--save-dir", default=None, help="also write each image as DIR/000.png, 001.png, ...")
+    gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    gen.set_defaults(func=_cmd_generate)
+
+    ask = sub.add_parser("ask", help="answer a question about an image from a checkpoint (prints the answer alone)")
+    ask.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
+    ask.add_argument("--image", required=True, help="image file (any mode/size; converted to RGB, resized)")
+    ask.add_argument("--question", required=True, help="question, e.g. 'what color is the circle?'")
+    ask.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    ask.set_defaults(func=_cmd_ask)
     return parser
 
 

@@ -48,6 +48,8 @@ class LayerCache:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
+        if self.length + t > self.k.shape[2]:
+            raise ValueError(f"KV cache overflow: {self.length} + {t} positions > capacity {self.k.shape[2]}")
         self.k[:, :, self.length : self.length + t] = k
         self.v[:, :, self.length : self.length + t] = v
         self.length += t

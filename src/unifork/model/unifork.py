@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unifork.errors import UserError
 from unifork.model.blocks import Block, LayerCache, RMSNorm, Rotary
 from unifork.model.config import ModelConfig
 
@@ -123,7 +124,7 @@ class UniFork(nn.Module):
     def branch(self, task: str) -> Branch:
         branch = getattr(self, task, None) if task in TASKS else None
         if branch is None:
-            raise ValueError(f"the {task!r} branch is not loaded (loaded: {', '.join(self.tasks)})")
+            raise UserError(f"the '{task}' branch is not loaded (loaded: {', '.join(self.tasks)}); load the checkpoint with task=None or task='{task}'")
         return branch
 
     def _run(self, layers, x, positions, mask, caches):

@@ -1,0 +1,1 @@
+"""Evaluation on the shapes world: VQA exact match and GenEval-style judged generation."""

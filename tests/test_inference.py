@@ -1,0 +1,265 @@
+"""Inference: KV-cache decoding equals full recompute, guidance and sampling invariants, the pipeline and the CLI."""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unifork.cli import main
+from unifork.errors import UserError
+from unifork.inference import Pipeline, answer_questions, sample_image_codes, save_pretrained
+from unifork.inference.sampler import decode_one, filter_logits, prefill, sample_next
+from unifork.model.config import named_config
+from unifork.model.unifork import CODE, IGNORE, TEXT, UniFork
+from unifork.sequences import Example, SequenceBuilder
+from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from unifork.tokenizers.text import TextTokenizer, world_corpus
+
+CAPTIONS = ["red", "two large blue squares to the left of a green circle", "a small orange cross"]
+QUESTIONS = ["how many?", "what color is the large square on the left?", "is there a cross?"]
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """A random debug-size checkpoint with an untrained image tokenizer: mechanics need no training."""
+    text = TextTokenizer.train(world_corpus(150), vocab_size=320)
+    # 32 px images: a 4 x 4 grid, 16 codes per image, keeps every sampling loop short
+    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=(16, 32, 64))).eval()
+    icfg = image.cfg
+    cfg = named_config("debug", text_vocab_size=text.vocab_size, image_vocab_size=icfg.num_codes,
+                       image_tokens=icfg.grid**2, image_latent_dim=icfg.latent_dim)  # fmt: skip
+    torch.manual_seed(0)
+    model = UniFork(cfg).eval()
+    with torch.no_grad():  # larger weights than the init: peaked logits, so outputs depend on the prompt
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.1)
+    out = tmp_path_factory.mktemp("ckpt")
+    save_pretrained(out, model, text, image)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pipe(ckpt):
+    return Pipeline.from_pretrained(ckpt)
+
+
+def image_inputs(pipe, n, seed=0):
+    """Random images through the pipeline's image tokenizer: codes (n, L) and latents (n, L, D)."""
+    size = pipe.image_tokenizer.cfg.image_size
+    x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return pipe.image_tokenizer.encode(x), pipe.image_tokenizer.encode_latents(x).detach()
+
+
+def extend(example: Example, tokens: list[int], kind: int) -> Example:
+    """`example` with tokens of one kind appended (no loss): the full sequence the cache has seen."""
+    n = len(tokens)
+    return Example(example.task, example.tokens + tokens, example.kinds + [kind] * n,
+                   example.targets + [IGNORE] * n, example.latents)  # fmt: skip
+
+
+# --- KV cache == full recompute -----------------------------------------------------------------------------------
+
+
+def test_gen_cache_logits_match_full_recompute(pipe):
+    model, builder, length = pipe.model, pipe.builder, pipe.model.cfg.image_tokens
+    codes = torch.randint(0, model.cfg.image_vocab_size, (len(CAPTIONS), length), generator=torch.Generator().manual_seed(0))
+    prompts = [builder.generate(c) for c in CAPTIONS]
+    with torch.no_grad():
+        logits, state = prefill(model, "gen", builder.collate(prompts), length)
+        steps = [logits]
+        for i in range(length - 1):
+            steps.append(decode_one(model, state, codes[:, i], CODE))
+        full_batch = builder.collate([extend(p, codes[i, :-1].tolist(), CODE) for i, p in enumerate(prompts)])
+        full = model.logits("gen", full_batch)  # (B, T, V)
+    # left padding aligns every row: the prompt's last column predicts code 0, the next column code 1, ...
+    width = max(len(p.tokens) for p in prompts)
+    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, width - 1 :], atol=1e-5, rtol=0)
+
+
+def test_und_cache_logits_match_full_recompute(pipe):
+    model, builder = pipe.model, pipe.builder
+    codes, latents = image_inputs(pipe, len(QUESTIONS))
+    answer = torch.randint(0, pipe.text_tokenizer.vocab_size, (len(QUESTIONS), 6), generator=torch.Generator().manual_seed(1))
+    prompts = [builder.understand(q, codes[i], latents[i]) for i, q in enumerate(QUESTIONS)]
+    with torch.no_grad():
+        logits, state = prefill(model, "und", builder.collate(prompts), answer.shape[1] + 1)
+        steps = [logits]
+        for i in range(answer.shape[1]):
+            steps.append(decode_one(model, state, answer[:, i], TEXT))
+        full = model.logits("und", builder.collate([extend(p, answer[i].tolist(), TEXT) for i, p in enumerate(prompts)]))
+    width = max(len(p.tokens) for p in prompts)
+    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, width - 1 :], atol=1e-5, rtol=0)
+
+
+def recompute_image_codes(model, builder, captions, cfg_scale, sample):
+    """Reference sampler: no cache, the whole sequence recomputed for every code."""
+    n = len(captions)
+    prompts = [builder.generate(c) for c in captions] + [builder.generate("")] * n
+    codes = torch.zeros(n, 0, dtype=torch.long)
+    for _ in range(model.cfg.image_tokens):
+        fed = torch.cat([codes, codes]).tolist()
+        batch = builder.collate([extend(p, fed[i], CODE) for i, p in enumerate(prompts)])
+        logits = model.logits("gen", batch)[:, -1].float()
+        cond, uncond = logits[:n], logits[n:]
+        codes = torch.cat([codes, sample(uncond + cfg_scale * (cond - uncond))[:, None]], dim=1)
+    return codes
+
+
+def test_greedy_gen_with_cache_equals_greedy_recompute(pipe):
+    with torch.no_grad():
+        expected = recompute_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], 3.0, lambda lg: lg.argmax(-1))
+    got = sample_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], cfg_scale=3.0, temperature=0)
+    assert torch.equal(got, expected)
+
+
+def test_greedy_answers_with_cache_equal_greedy_recompute(pipe):
+    model, builder, eos = pipe.model, pipe.builder, pipe.text_tokenizer.eos_id
+    codes, latents = image_inputs(pipe, 2)
+    prompts = [builder.understand(q, codes[i], latents[i]) for i, q in enumerate(QUESTIONS[:2])]
+    answers = [[], []]
+    with torch.no_grad():
+        for _ in range(8):
+            batch = builder.collate([extend(p, answers[i], TEXT) for i, p in enumerate(prompts)])
+            for i, token in enumerate(model.logits("und", batch)[:, -1].argmax(-1).tolist()):
+                answers[i].append(token)
+    expected = [builder.text.decode(a[: a.index(eos)] if eos in a else a) for a in answers]
+    assert answer_questions(model, builder, codes, latents, QUESTIONS[:2], max_new_tokens=8) == expected
+
+
+# --- sampling invariants -------------------------------------------------------------------------------------------
+
+
+def test_cfg_scale_one_equals_conditional_sampling(pipe):
+    model, builder = pipe.model, pipe.builder
+    got = sample_image_codes(model, builder, CAPTIONS[:2], cfg_scale=1.0, generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        expected = recompute_image_codes(model, builder, CAPTIONS[:2], 1.0, lambda lg: sample_next(lg, generator=generator))
+    assert torch.equal(got, expected)
+    # the 2N-row guided batch (cond rows padded beside the "" rows) at a scale that is 1 in float32: same codes
+    guided = sample_image_codes(model, builder, CAPTIONS[:2], cfg_scale=1 + 1e-12, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(guided, got)
+
+
+def test_batched_equals_unbatched(pipe):
+    batched = sample_image_codes(pipe.model, pipe.builder, CAPTIONS, cfg_scale=3.0, temperature=0)
+    alone = torch.cat([sample_image_codes(pipe.model, pipe.builder, [c], cfg_scale=3.0, temperature=0) for c in CAPTIONS])
+    assert torch.equal(batched, alone)
+    assert len({tuple(row) for row in batched.tolist()}) == len(CAPTIONS)  # the captions matter, so this means something
+
+
+def test_batched_answers_equal_unbatched(pipe):
+    images = [np.full((64, 64, 3), v, np.uint8) for v in (0, 128, 255)]
+    batched = pipe.ask_batch(images, QUESTIONS, max_new_tokens=6)
+    assert batched == [pipe.ask(img, q, max_new_tokens=6) for img, q in zip(images, QUESTIONS)]
+
+
+def test_same_seed_same_images_different_seed_differs(pipe):
+    a, b = pipe.generate("two red circles", n=2, seed=0), pipe.generate("two red circles", n=2, seed=0)
+    c = pipe.generate("two red circles", n=2, seed=1)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
+    assert a[0].size == (32, 32) and a[0].mode == "RGB"
+
+
+def test_top_k_one_equals_greedy(pipe):
+    greedy = sample_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], temperature=0)
+    top1 = sample_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(top1, greedy)
+
+
+def test_filter_logits_top_k_and_nucleus():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = lambda lg: torch.isfinite(lg)[0].tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_k=2)) == [True, True, False, False]
+    # 0.5 alone is short of 0.7, 0.5 + 0.3 covers it: the rest go
+    assert kept(filter_logits(logits, top_p=0.7)) == [True, True, False, False]
+    assert kept(filter_logits(logits, top_p=0.1)) == [True, False, False, False]
+    assert kept(filter_logits(logits, top_k=0, top_p=1.0)) == [True] * 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": math.nan}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"cfg_scale": -1.0}, "cfg_scale"),
+        ({"cfg_scale": math.inf}, "cfg_scale"),
+        ({"n": 0}, "n"),
+        ({"n": 65}, "n"),
+    ],
+)
+def test_validation_names_the_field(pipe, kwargs, field):
+    with pytest.raises(UserError, match=rf"^{field} "):
+        pipe.generate_codes("a red circle", **kwargs)
+
+
+def test_prompt_too_long_is_a_user_error(pipe):
+    with pytest.raises(UserError, match="context"):
+        pipe.generate_codes("red circle " * 100, n=1)
+
+
+# --- pipeline ------------------------------------------------------------------------------------------------------
+
+
+def test_task_only_pipelines(ckpt, tmp_path):
+    gen = Pipeline.from_pretrained(ckpt, task="gen")
+    assert gen.model.und is None and len(gen.generate("a blue square", n=1, temperature=0)) == 1
+    with pytest.raises(UserError, match="cannot answer questions: the 'und' branch is not loaded"):
+        gen.ask(np.zeros((64, 64, 3), np.uint8), "what is it?")
+    und = Pipeline.from_pretrained(ckpt, task="und")
+    with pytest.raises(UserError, match="cannot generate images"):
+        und.generate("a blue square", n=1)
+    # any size and mode, as a path, a PIL image or an array
+    Image.new("RGBA", (100, 37), (255, 0, 0, 128)).save(path := tmp_path / "odd.png")
+    images = [path, str(path), Image.new("L", (10, 90)), Image.new("P", (64, 64)), np.zeros((17, 23, 4), np.uint8)]
+    assert all(isinstance(a, str) for a in und.ask_batch(images, ["what color?"] * len(images), max_new_tokens=3))
+
+
+def test_loading_errors(ckpt, tmp_path):
+    with pytest.raises(UserError, match="no such checkpoint directory"):
+        Pipeline.from_pretrained(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken)
+    shutil.rmtree(broken / "image_tokenizer")
+    with pytest.raises(UserError, match="image_tokenizer"):
+        Pipeline.from_pretrained(broken)
+    ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=(16, 32))).save(broken / "image_tokenizer")
+    with pytest.raises(UserError, match="image_tokens=16"):
+        Pipeline.from_pretrained(broken)
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------------
+
+
+def test_cli_generate_writes_grid_and_images(ckpt, tmp_path, capsys):
+    out, save_dir = tmp_path / "grid.png", tmp_path / "each"
+    args = ["generate", "--ckpt", str(ckpt), "--prompt", "two red circles", "--n", "3", "--top-k", "50",
+            "--top-p", "0.9", "--out", str(out), "--save-dir", str(save_dir)]  # fmt: skip
+    assert main(args) == 0
+    assert Image.open(out).size == (2 * 32 + 2, 2 * 32 + 2)  # 3 images in a 2 x 2 grid, 2 px gaps
+    assert sorted(p.name for p in save_dir.iterdir()) == ["000.png", "001.png", "002.png"]
+    assert str(out) in capsys.readouterr().out
+
+
+def test_cli_ask_prints_one_line(ckpt, tmp_path, capsys):
+    Image.new("RGB", (64, 64), "white").save(image := tmp_path / "x.png")
+    assert main(["ask", "--ckpt", str(ckpt), "--image", str(image), "--question", "what color is the circle?"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) <= 1  # the answer alone (an untrained model may say nothing)
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "not an image"])
+def test_cli_errors_are_one_line(ckpt, tmp_path, capsys, case):
+    (bad := tmp_path / "notes.png").write_text("not a picture")
+    ckpt_arg, image_arg = (str(tmp_path / "nope"), str(bad)) if case == "missing checkpoint" else (str(ckpt), str(bad))
+    assert main(["ask", "--ckpt", ckpt_arg, "--image", image_arg, "--question", "what?"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("error: ") and "Traceback" not in captured.err
