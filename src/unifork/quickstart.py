@@ -23,6 +23,7 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     from unifork.eval.vqa import evaluate_vqa
     from unifork.inference.pipeline import Pipeline
     from unifork.report import write_report
+    from unifork.train.recipe import load_recipe
     from unifork.train.trainer import train
 
     recipe = Path(recipe) if recipe else DEFAULT_RECIPE
@@ -43,7 +44,9 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     gen = evaluate_generation(pipeline, prompts_per_category=n(8), images_per_prompt=4, keep_images=8)
     gen_heldout = evaluate_generation(pipeline, prompts_per_category=n(4), images_per_prompt=2, heldout=True, seed=1)
 
-    tokenizer_report = json.loads((out / "tokenizer" / "report.json").read_text())
+    tokenizer_dir = Path(load_recipe(recipe).tokenizer_dir or out / "tokenizer")
+    tokenizer_report_path = tokenizer_dir / "report.json"
+    tokenizer_report = json.loads(tokenizer_report_path.read_text()) if tokenizer_report_path.is_file() else {}
     report = {
         "wall_seconds": round(time.perf_counter() - start, 1),
         "train_seconds": round(train_seconds, 1),
