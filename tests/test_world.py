@@ -378,3 +378,28 @@ def test_load_image_converts_modes_and_sizes(tmp_path, mode):
         assert _same_objects(detect(loaded), sample.scene.objects)
     else:
         assert np.array_equal(loaded[..., 0], np.asarray(Image.fromarray(sample.image).convert("L")))
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("a pink circle", "unknown color 'pink'"),
+        ("a red hexagon", "unknown shape 'hexagon'"),
+        ("five large red circles", "at most 4"),
+        ("four large circles and a large square", "at most 4"),
+    ],
+)
+def test_cli_bad_prompts_are_one_line_errors(tmp_path, prompt, message):
+    result = _cli("world", "--prompt", prompt, "--n", "2", "--out", str(tmp_path / "w"))
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_prompt_scenes_satisfy_the_prompt(tmp_path):
+    result = _cli("world", "--prompt", "two green triangles", "--n", "3", "--out", str(tmp_path / "w"))
+    assert result.returncode == 0, result.stderr
+    for i in range(3):
+        image = load_image(tmp_path / "w" / f"{i:06d}.png")
+        assert judge("two green triangles", "counting", detect(image))

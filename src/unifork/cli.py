@@ -10,8 +10,12 @@ from unifork.errors import UserError
 
 
 def _cmd_world(args: argparse.Namespace) -> None:
-    from unifork.world.export import export_world
+    from unifork.world.export import export_prompt_scenes, export_world
 
+    if args.prompt is not None:
+        n = export_prompt_scenes(args.out, args.prompt, n=args.n, seed=args.seed)
+        print(f"wrote {n} scenes satisfying '{args.prompt}' to {args.out} (PNGs + meta.jsonl)")
+        return
     n = export_world(args.out, n=args.n, split=args.split, seed=args.seed)
     print(f"wrote {n} scenes of split '{args.split}' to {args.out} (PNGs + meta.jsonl)")
 
@@ -84,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--n", type=int, default=64, help="number of scenes")
     world.add_argument("--split", default="train", help="train | val | test | heldout")
     world.add_argument("--seed", type=int, default=0, help="world seed (same seed, same scenes)")
+    world.add_argument("--prompt", default=None, help='sample scenes from a prompt instead, e.g. "two red circles"')
     world.add_argument("--out", required=True, help="output directory")
     world.set_defaults(func=_cmd_world)
 

@@ -33,7 +33,16 @@ class SequenceBuilder:
 
     def understand(self, question: str, codes: torch.Tensor, latents: torch.Tensor | None,
                    answer: str | None = None) -> Example:  # fmt: skip
-        """An understanding example; without `answer` it is the prompt to decode from."""
+        """A one-question understanding example; without `answer` it is the prompt to decode from."""
+        return self.understand_turns(codes, latents, [(question, answer)])
+
+    def understand_turns(self, codes: torch.Tensor, latents: torch.Tensor | None,
+                         turns: list[tuple[str, str | None]]) -> Example:  # fmt: skip
+        """Several question -> answer [EOS] turns about one image (only the last answer may be None).
+
+        Training packs several questions per image: the 64 image positions are most of the sequence's cost,
+        so more answers per image multiply the understanding signal per step almost for free.
+        """
         t = self.text
         n_img = self.cfg.image_tokens
         if self.cfg.und_input == "latents":
@@ -41,16 +50,19 @@ class SequenceBuilder:
         else:
             latents = None
             image_tokens, image_kinds = [int(c) for c in codes], [CODE] * n_img
-        question_ids = t.encode(question)
-        tokens = [t.bos_id, t.img_start_id, *image_tokens, t.img_end_id, *question_ids]
-        kinds = [TEXT, TEXT, *image_kinds, TEXT, *[TEXT] * len(question_ids)]
-        targets = [IGNORE] * len(tokens)
-        if answer is not None:
-            answer_ids = t.encode(answer) + [t.eos_id]
-            # the last question token predicts the first answer token; the final EOS is never fed back
-            tokens += answer_ids[:-1]
-            kinds += [TEXT] * (len(answer_ids) - 1)
-            targets = targets[:-1] + answer_ids
+        tokens = [t.bos_id, t.img_start_id, *image_tokens, t.img_end_id]
+        kinds = [TEXT, TEXT, *image_kinds, TEXT]
+        is_answer = [False] * len(tokens)
+        for question, answer in turns:
+            question_ids = t.encode(question)
+            answer_ids = [] if answer is None else t.encode(answer) + [t.eos_id]
+            tokens += question_ids + answer_ids
+            is_answer += [False] * len(question_ids) + [True] * len(answer_ids)
+        kinds += [TEXT] * (len(tokens) - len(kinds))
+        # position i predicts token i + 1; a loss applies where that token belongs to an answer (or its EOS)
+        targets = [tokens[i + 1] if is_answer[i + 1] else IGNORE for i in range(len(tokens) - 1)] + [IGNORE]
+        if turns[-1][1] is not None:  # the final EOS is predicted, never fed back
+            tokens, kinds, targets = tokens[:-1], kinds[:-1], targets[:-1]
         return Example("und", tokens, kinds, targets, latents)
 
     def generate(self, caption: str, codes: torch.Tensor | None = None) -> Example:

@@ -23,7 +23,7 @@ class ModelConfig:
     n_kv_heads: int = 4  # grouped-query attention: n_heads / n_kv_heads query heads share one key/value head
     mlp_hidden: int = 704  # SwiGLU width, ~ 8/3 * d_model rounded to a multiple of 64
     fork_layer: int = 3  # layers [0, fork_layer) are shared; [fork_layer, n_layers) exist once per task
-    max_seq_len: int = 160
+    max_seq_len: int = 192
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     und_input: str = "latents"  # "latents": tokenizer latents through an MLP projector (LLaVA-style); "codes": code embeddings

@@ -44,8 +44,13 @@ class SamplePool:
         examples: list[Example] = []
         for i, (row, (pick, drop)) in enumerate(zip(rows, picks)):
             if i < n_und:
-                question, answer = self.qa[row][int(pick * len(self.qa[row]))]
-                examples.append(self.builder.understand(question, self.codes[row], self.latents[row], answer))
+                order = torch.randperm(len(self.qa[row]), generator=g)[: self.data.und_turns].tolist()
+                turns = [self.qa[row][k] for k in order]
+                example = self.builder.understand_turns(self.codes[row], self.latents[row], turns)
+                while len(example.tokens) > self.builder.cfg.max_seq_len and len(turns) > 1:
+                    turns = turns[:-1]  # long answers (descriptions) leave room for fewer turns
+                    example = self.builder.understand_turns(self.codes[row], self.latents[row], turns)
+                examples.append(example)
             else:
                 caption = self.captions[row][int(pick * len(self.captions[row]))]
                 caption = "" if drop < self.data.caption_dropout else caption

@@ -35,6 +35,7 @@ class DataConfig:
     seed: int = 0
     pool_size: int = 8000  # world samples encoded once by the frozen image tokenizer and reused
     caption_dropout: float = 0.1  # captions replaced by the null condition, for classifier-free guidance
+    und_turns: int = 4  # questions packed per understanding example (one image, several answers)
 
 
 @dataclass(frozen=True)

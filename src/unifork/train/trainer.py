@@ -123,7 +123,8 @@ def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, 
                       "tokens_per_s": round(tokens_seen / (time.perf_counter() - t0), 1)}  # fmt: skip
             record.update({k: round(v.item(), 5) for k, v in losses.items()})
             metrics.write(json.dumps(record) + "\n")
-            bar.set_postfix({k: f"{record[k]:.3f}" for k in ("und", "gen") if k in record} | {"tok/s": f"{record['tokens_per_s']:.0f}"})
+            postfix = {k: f"{record[k]:.3f}" for k in ("und", "gen") if k in record}
+            bar.set_postfix(postfix | {"tok/s": f"{record['tokens_per_s']:.0f}"}, refresh=False)
             budget[0] -= 1
             if budget[0] <= 0 and step + 1 < stage.steps:
                 _save_stage(stage_dir, model, optimizer, step + 1, text, image)

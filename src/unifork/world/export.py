@@ -11,6 +11,8 @@ from PIL import Image, UnidentifiedImageError
 from unifork.errors import UserError
 from unifork.world.dataset import World
 from unifork.world.detect import to_canvas_rgb
+from unifork.world.prompts import parse_prompt, scene_from_prompt
+from unifork.world.render import render
 from unifork.world.spec import WorldConfig
 
 
@@ -55,3 +57,20 @@ def load_image(path: str | Path, cfg: WorldConfig = WorldConfig()) -> np.ndarray
         if isinstance(err, UserError):
             raise
         raise UserError(f"not an image file: {path}") from err
+
+
+def export_prompt_scenes(out: str | Path, prompt: str, n: int, seed: int = 0) -> int:
+    """Write n random scenes satisfying `prompt` as out/000000.png ... plus meta.jsonl; returns n."""
+    if n < 1:
+        raise UserError(f"the number of scenes (--n) must be at least 1, got {n}")
+    spec = parse_prompt(prompt)  # a bad word fails here, before anything touches the disk
+    rng = np.random.default_rng(seed)
+    scenes = [scene_from_prompt(spec, rng) for _ in range(n)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "meta.jsonl", "w") as meta:
+        for i, scene in enumerate(scenes):
+            name = f"{i:06d}.png"
+            Image.fromarray(render(scene)).save(out / name)
+            meta.write(json.dumps({"file": name, "prompt": prompt, "spec": scene.to_dict()}) + "\n")
+    return n
