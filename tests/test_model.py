@@ -98,6 +98,7 @@ def columns(batch: Batch, start: int, stop: int) -> Batch:
         valid=batch.valid[:, start:stop],
         task=batch.task,
         latents=batch.latents if has_latents else None,
+        image_index=batch.grid_cells()[:, start:stop],
     )
 
 

@@ -93,11 +93,23 @@ def test_resume_is_exact(tmp_path, tokenizer_dir):
     assert torch.load(cut / "stages" / "joint" / "train_state.pt", weights_only=True)["step"] == 2
     with pytest.raises(UserError, match="--resume"):
         train(recipe, cut, progress=False)
+    # a process killed after logging steps it never checkpointed: those lines must be redone, not kept twice
+    logged_later = [line for line in (tmp_path / "straight" / "metrics.jsonl").open() if '"joint", "step": 3,' in line]
+    with open(cut / "metrics.jsonl", "a") as f:
+        f.writelines(logged_later)
     resumed = train(recipe, cut, resume=True, progress=False)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     losses = lambda run: [(r["stage"], r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").open())]  # noqa: E731
     assert losses(tmp_path / "straight") == losses(cut)
+
+
+def test_step_budget_at_a_stage_boundary_starts_nothing_new(tmp_path, tokenizer_dir):
+    recipe = write_recipe(tmp_path / "r.toml", tokenizer_dir, gen_steps=4, joint_steps=3)
+    assert train(recipe, tmp_path / "run", progress=False, max_steps=4) is None
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["stage"] for r in records] == ["gen_pretrain"] * 4
+    assert train(recipe, tmp_path / "run", resume=True, progress=False) is not None
 
 
 def test_recipe_errors(tmp_path, tokenizer_dir):

@@ -46,8 +46,9 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from unifork.train.trainer import train
 
-    final = train(args.config, args.out, resume=args.resume, device=args.device)
-    print(f"training finished; final checkpoint in {final} (use it as --ckpt)")
+    final = train(args.config, args.out, resume=args.resume, device=args.device, max_steps=args.max_steps)
+    if final is not None:
+        print(f"training finished; final checkpoint in {final} (use it as --ckpt)")
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="run directory (stages/, checkpoint/, metrics.jsonl)")
     tr.add_argument("--resume", action="store_true", help="continue a run in --out: skip finished stages, resume the cut one")
     tr.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    tr.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many steps (checkpointed; continue later with --resume)")
     tr.set_defaults(func=_cmd_train)
 
     gen = sub.add_parser("generate", help="sample images for a text prompt from a checkpoint")

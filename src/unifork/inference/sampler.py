@@ -18,7 +18,7 @@ import torch
 
 from unifork.errors import UserError
 from unifork.model.blocks import LayerCache
-from unifork.model.unifork import CODE, TASK_ID, TEXT, Batch, UniFork
+from unifork.model.unifork import CODE, LATENT, TASK_ID, TEXT, Batch, UniFork
 from unifork.sequences import SequenceBuilder
 
 MAX_IMAGES = 64  # images per call: 2x that many rows under guidance; more is a memory accident, not a request
@@ -32,6 +32,7 @@ class DecodeState:
     cache: list[LayerCache]
     valid: torch.Tensor  # (B, S) bool over every position fed so far (False at left padding)
     next_position: torch.Tensor  # (B, 1) long: the RoPE position of the next token of each row
+    next_cell: torch.Tensor  # (B, 1) long: the image grid cell a next CODE token fills
 
 
 def prefill(model: UniFork, task: str, batch: Batch, max_new_tokens: int) -> tuple[torch.Tensor, DecodeState]:
@@ -48,7 +49,9 @@ def prefill(model: UniFork, task: str, batch: Batch, max_new_tokens: int) -> tup
     cache = model.new_cache(batch.tokens.shape[0], width + max_new_tokens - 1)
     positions = batch.positions
     logits = model.step(task, batch, batch.valid, positions, cache)[:, -1]  # (B, V)
-    return logits, DecodeState(task, cache, batch.valid, positions[:, -1:] + 1)
+    is_image = (batch.kinds == CODE) | (batch.kinds == LATENT)
+    next_cell = (is_image & batch.valid).sum(-1, keepdim=True)
+    return logits, DecodeState(task, cache, batch.valid, positions[:, -1:] + 1, next_cell)
 
 
 def decode_one(model: UniFork, state: DecodeState, tokens: torch.Tensor, kind: int) -> torch.Tensor:
@@ -59,10 +62,13 @@ def decode_one(model: UniFork, state: DecodeState, tokens: torch.Tensor, kind: i
         kinds=torch.full((b, 1), kind, dtype=torch.long, device=tokens.device),
         valid=torch.ones(b, 1, dtype=torch.bool, device=tokens.device),
         task=torch.full((b,), TASK_ID[state.task], dtype=torch.long, device=tokens.device),
+        image_index=state.next_cell if kind == CODE else torch.zeros_like(state.next_cell),
     )
     state.valid = torch.cat([state.valid, new.valid], dim=1)
     logits = model.step(state.task, new, state.valid, state.next_position, state.cache)[:, -1]
     state.next_position = state.next_position + 1
+    if kind == CODE:
+        state.next_cell = state.next_cell + 1
     return logits
 
 

@@ -73,11 +73,13 @@ class ModelConfig:
         return cls.from_dict(data, source=str(path))
 
 
-# Named sizes. `debug` is what unit tests build; `tiny` is the quickstart model.
+# Named sizes. `debug` is what unit tests build; `tiny` is the quickstart model: on 2 CPU cores and a ~6-minute
+# budget it beat `small` (d_model 256) on both tasks, because it gets 2.2x the steps (measured, see README).
 SIZES = {
     "debug": ModelConfig(d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, mlp_hidden=128, fork_layer=2),
-    "tiny": ModelConfig(d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, mlp_hidden=704, fork_layer=3),
-    "small": ModelConfig(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, mlp_hidden=1408, fork_layer=4),
+    "tiny": ModelConfig(d_model=128, n_layers=6, n_heads=4, n_kv_heads=2, mlp_hidden=352, fork_layer=3),
+    "small": ModelConfig(d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, mlp_hidden=704, fork_layer=3),
+    "base": ModelConfig(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, mlp_hidden=1408, fork_layer=4),
 }
 
 

@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -82,8 +83,7 @@ def train(recipe_path: str | Path, out: str | Path, resume: bool = False, progre
 
 
 def _model_config(recipe: Recipe, text: TextTokenizer, image: ImageTokenizer):
-    from dataclasses import replace
-
+    """The recipe's model, with the vocabulary and image sizes the tokenizers dictate."""
     return replace(
         recipe.model,
         text_vocab_size=text.vocab_size,
@@ -102,12 +102,17 @@ def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, 
         state = torch.load(stage_dir / STATE_FILE, weights_only=True, map_location=device)
         optimizer.load_state_dict(state["optimizer"])
         start_step = state["step"]
+        _forget_metrics_after(metrics_path, stage.name, start_step)
     model.train()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     bar = tqdm(range(start_step, stage.steps), desc=stage.name, disable=not progress, mininterval=2.0)
     tokens_seen, t0 = 0, time.perf_counter()
     with open(metrics_path, "a") as metrics:
         for step in bar:
+            if budget[0] <= 0:  # this call's step budget is spent: checkpoint mid-stage and hand back
+                _save_stage(stage_dir, model, optimizer, step, text, image)
+                return model
+            budget[0] -= 1
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(stage, step)
             batch = pool.batch(stage, index, step).to(device)
@@ -125,16 +130,23 @@ def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, 
             metrics.write(json.dumps(record) + "\n")
             postfix = {k: f"{record[k]:.3f}" for k in ("und", "gen") if k in record}
             bar.set_postfix(postfix | {"tok/s": f"{record['tokens_per_s']:.0f}"}, refresh=False)
-            budget[0] -= 1
-            if budget[0] <= 0 and step + 1 < stage.steps:
-                _save_stage(stage_dir, model, optimizer, step + 1, text, image)
-                return model
             if (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
                 metrics.flush()
                 _save_stage(stage_dir, model, optimizer, step + 1, text, image)
     _save_stage(stage_dir, model, optimizer, stage.steps, text, image)
     (stage_dir / "DONE").write_text("finished\n")
     return model
+
+
+def _forget_metrics_after(metrics_path: Path, stage_name: str, step: int) -> None:
+    """Drop log lines of steps after the checkpoint we resume from: they are about to be redone."""
+    if not metrics_path.is_file():
+        return
+    keep = [line for line in metrics_path.read_text().splitlines(keepends=True)
+            if not ((r := json.loads(line))["stage"] == stage_name and r["step"] > step)]  # fmt: skip
+    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(metrics_path)
 
 
 def _save_stage(stage_dir: Path, model, optimizer, step: int, text, image) -> None:
