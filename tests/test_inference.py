@@ -263,3 +263,17 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys, case):
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
     assert captured.err.startswith("error: ") and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("mode, size", [("RGBA", (128, 128)), ("P", (20, 40)), ("L", (64, 64)), ("CMYK", (33, 33))])
+def test_ask_accepts_any_image_mode_and_size(pipe, mode, size):
+    image = Image.new("RGB", size, (255, 255, 255))
+    image.paste((220, 30, 30), (2, 2, size[0] // 2, size[1] // 2))
+    answer = pipe.ask(image.convert(mode), "what color is the square?")
+    assert isinstance(answer, str)
+    assert answer == pipe.ask(image.convert(mode), "what color is the square?")  # greedy: deterministic
+
+
+def test_unknown_words_in_prompts_still_generate(pipe):
+    images = pipe.generate("a zebra-striped dodecahedron, très jolie", n=1, seed=0)
+    assert len(images) == 1 and images[0].size == (pipe.image_tokenizer.cfg.image_size,) * 2
