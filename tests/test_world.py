@@ -403,3 +403,10 @@ def test_cli_prompt_scenes_satisfy_the_prompt(tmp_path):
     for i in range(3):
         image = load_image(tmp_path / "w" / f"{i:06d}.png")
         assert judge("two green triangles", "counting", detect(image))
+
+
+def test_object_larger_than_the_canvas_is_a_user_error():
+    from unifork.world.layout import place
+
+    with pytest.raises(UserError, match="does not fit on a 16x16 canvas"):
+        place(np.random.default_rng(0), [("circle", "red", "large")], WorldConfig(canvas=16))

@@ -37,6 +37,8 @@ def place(
         for shape, color, size in items:
             r = cfg.extent(size) // 2
             lo, hi = cfg.margin + r, cfg.canvas - 1 - cfg.margin - r
+            if lo > hi:
+                raise UserError(f"a {size} {shape} does not fit on a {cfg.canvas}x{cfg.canvas} canvas; use a larger canvas")
             for _ in range(50):
                 cx, cy = (int(v) for v in rng.integers(lo, hi + 1, size=2))
                 obj = SceneObject(shape, color, size, cx, cy)
