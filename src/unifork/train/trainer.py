@@ -107,7 +107,7 @@ def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     bar = tqdm(range(start_step, stage.steps), desc=stage.name, disable=not progress, mininterval=2.0)
     tokens_seen, t0 = 0, time.perf_counter()
-    with open(metrics_path, "a") as metrics:
+    with open(metrics_path, "a", buffering=1) as metrics:  # line-buffered: `tail -f` shows every step
         for step in bar:
             if budget[0] <= 0:  # this call's step budget is spent: checkpoint mid-stage and hand back
                 _save_stage(stage_dir, model, optimizer, step, text, image)
@@ -131,7 +131,6 @@ def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, 
             postfix = {k: f"{record[k]:.3f}" for k in ("und", "gen") if k in record}
             bar.set_postfix(postfix | {"tok/s": f"{record['tokens_per_s']:.0f}"}, refresh=False)
             if (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
-                metrics.flush()
                 _save_stage(stage_dir, model, optimizer, step + 1, text, image)
     _save_stage(stage_dir, model, optimizer, stage.steps, text, image)
     (stage_dir / "DONE").write_text("finished\n")
