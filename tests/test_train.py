@@ -106,6 +106,8 @@ def test_resume_is_exact(tmp_path, tokenizer_dir):
 
 def test_step_budget_at_a_stage_boundary_starts_nothing_new(tmp_path, tokenizer_dir):
     recipe = write_recipe(tmp_path / "r.toml", tokenizer_dir, gen_steps=4, joint_steps=3)
+    with pytest.raises(UserError, match="--max-steps must be at least 1"):
+        train(recipe, tmp_path / "run", progress=False, max_steps=0)
     assert train(recipe, tmp_path / "run", progress=False, max_steps=4) is None
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["stage"] for r in records] == ["gen_pretrain"] * 4

@@ -50,6 +50,8 @@ def train(recipe_path: str | Path, out: str | Path, resume: bool = False, progre
     `max_steps` stops after that many optimizer steps in this call (a time-limited job), checkpointed so that
     `resume=True` continues exactly; the return value is then None.
     """
+    if max_steps is not None and max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
     recipe = load_recipe(recipe_path)
     out = Path(out)
     stages_dir = out / "stages"
