@@ -5,11 +5,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from unifork.quickstart import quickstart
-from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
-from unifork.tokenizers.text import TextTokenizer, world_corpus
 
 RECIPE = """
 tokenizer_dir = "{tok}"
@@ -31,12 +28,8 @@ batch_size = 8
 
 
 @pytest.mark.slow
-def test_quickstart_writes_report_and_a_usable_checkpoint(tmp_path):
-    tok = tmp_path / "tok"
-    TextTokenizer.train(world_corpus(200)).save(tok)
-    torch.manual_seed(0)
-    ImageTokenizer(ImageTokenizerConfig(channels=(16, 32, 64))).save(tok)
-    (tmp_path / "r.toml").write_text(RECIPE.format(tok=tok))
+def test_quickstart_writes_report_and_a_usable_checkpoint(tmp_path, tokenizer_dir):
+    (tmp_path / "r.toml").write_text(RECIPE.format(tok=tokenizer_dir))
     out = tmp_path / "qs"
     report = quickstart(out, recipe=tmp_path / "r.toml", progress=False, eval_scale=0.1)
 

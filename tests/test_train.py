@@ -10,8 +10,7 @@ from safetensors.torch import load_file
 
 from unifork.errors import UserError
 from unifork.model import UniFork, load_model
-from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
-from unifork.tokenizers.text import TextTokenizer, world_corpus
+from unifork.tokenizers.text import TextTokenizer
 from unifork.train.recipe import load_recipe
 from unifork.train.trainer import train
 
@@ -40,15 +39,6 @@ warmup = 2
 mix = {{ und = 0.5, gen = 0.5 }}
 save_every = 3
 """
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok")
-    TextTokenizer.train(world_corpus(200)).save(out)
-    torch.manual_seed(0)
-    ImageTokenizer(ImageTokenizerConfig(channels=(16, 32, 64))).save(out)
-    return out
 
 
 def write_recipe(path, tokenizer_dir, gen_steps=4, joint_steps=24):

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from unifork.atomic import atomic_save_tensors
 from unifork.errors import UserError
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import TASKS, UniFork
 
 WEIGHTS_FILE = "model.safetensors"
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Write to a temp file, fsync, rename: a kill mid-save leaves the previous file intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def save_model(model: UniFork, directory: str | Path) -> None:

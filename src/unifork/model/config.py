@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from unifork.atomic import atomic_write_text
 from unifork.errors import UserError
 
 UND_INPUTS = ("latents", "codes")
@@ -56,10 +57,7 @@ class ModelConfig:
         return cls(**d)
 
     def save(self, directory: str | Path) -> None:
-        path = Path(directory) / "config.json"
-        tmp = path.with_name("config.json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        atomic_write_text(Path(directory) / "config.json", json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> "ModelConfig":

@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from vector_quantize_pytorch import FSQ, VectorQuantize
 
+from unifork.atomic import atomic_save_tensors, atomic_write_text
 from unifork.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -170,10 +171,8 @@ class ImageTokenizer(nn.Module):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(directory / CONFIG_FILE, self.cfg.to_json())
-        tmp = directory / (WEIGHTS_FILE + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        tmp.replace(directory / WEIGHTS_FILE)
+        atomic_write_text(directory / CONFIG_FILE, self.cfg.to_json())
+        atomic_save_tensors(self.state_dict(), directory / WEIGHTS_FILE)
 
     @classmethod
     def load(cls, directory: str | Path) -> "ImageTokenizer":
@@ -207,9 +206,3 @@ def images_to_tensor(images) -> torch.Tensor:
 def tensor_to_images(x: torch.Tensor):
     """float (B, 3, H, W) in [-1, 1] -> uint8 numpy (B, H, W, 3)."""
     return rearrange(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), "b c h w -> b h w c").cpu().numpy()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

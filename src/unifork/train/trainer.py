@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from unifork.atomic import atomic_torch_save, atomic_write_text
 from unifork.errors import UserError
 from unifork.inference.pipeline import save_pretrained
 from unifork.model.checkpoint import load_model
@@ -145,13 +146,9 @@ def _forget_metrics_after(metrics_path: Path, stage_name: str, step: int) -> Non
         return
     keep = [line for line in metrics_path.read_text().splitlines(keepends=True)
             if not ((r := json.loads(line))["stage"] == stage_name and r["step"] > step)]  # fmt: skip
-    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    tmp.replace(metrics_path)
+    atomic_write_text(metrics_path, "".join(keep))
 
 
 def _save_stage(stage_dir: Path, model, optimizer, step: int, text, image) -> None:
     save_pretrained(stage_dir, model, text, image)
-    tmp = stage_dir / (STATE_FILE + ".tmp")
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp)
-    tmp.replace(stage_dir / STATE_FILE)
+    atomic_torch_save({"optimizer": optimizer.state_dict(), "step": step}, stage_dir / STATE_FILE)
