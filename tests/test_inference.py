@@ -14,7 +14,7 @@ from unifork.inference import Pipeline, answer_questions, sample_image_codes, sa
 from unifork.inference.sampler import decode_one, filter_logits, prefill, sample_next
 from unifork.model.config import named_config
 from unifork.model.unifork import CODE, IGNORE, TEXT, UniFork
-from unifork.sequences import Example, SequenceBuilder
+from unifork.sequences import Example
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from unifork.tokenizers.text import TextTokenizer, world_corpus
 

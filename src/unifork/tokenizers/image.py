@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import load_file
 from torch import nn
