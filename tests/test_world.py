@@ -26,6 +26,7 @@ from unifork.world import (
     canonical_caption,
     detect,
     judge,
+    judge_exact,
     load_image,
     parse_prompt,
     phrase,
@@ -143,6 +144,7 @@ def test_prompt_scene_render_detect_judge_round_trip(category):
         scene = scene_from_prompt(spec.text(), rng)
         assert len(scene.objects) == spec.n_objects
         assert judge(spec.text(), category, detect(render(scene))), (category, spec.text(), scene)
+        assert judge_exact(spec.text(), detect(render(scene))), (category, spec.text(), scene)
 
 
 RED_CIRCLE_LEFT, BLUE_CIRCLE_LEFT = ("circle", "red", "small", 10, 20), ("circle", "blue", "small", 10, 20)
@@ -166,6 +168,23 @@ RED_SQUARE_RIGHT, BLUE_SQUARE_RIGHT = ("square", "red", "small", 40, 22), ("squa
 )
 def test_judge_applies_geneval_rules(prompt, category, objects, expected):
     assert judge(prompt, category, [SceneObject(*o) for o in objects]) is expected
+
+
+@pytest.mark.parametrize(
+    "prompt, objects, expected",
+    [
+        ("a red circle", [RED_CIRCLE_LEFT], True),
+        ("a red circle", [RED_CIRCLE_LEFT, BLUE_SQUARE_RIGHT], False),  # GenEval's rules pass this; exact does not
+        ("a red circle", [BLUE_CIRCLE_LEFT], False),
+        ("a large red circle", [RED_CIRCLE_LEFT], False),  # size named: must match
+        ("two green triangles", [("triangle", "green", "small", 10 + 15 * i, 20) for i in range(3)], False),
+        ("a red circle and a blue square", [BLUE_CIRCLE_LEFT, RED_SQUARE_RIGHT], False),
+        ("a red circle to the left of a blue square", [RED_CIRCLE_LEFT, BLUE_SQUARE_RIGHT], True),
+        ("a red circle to the right of a blue square", [RED_CIRCLE_LEFT, BLUE_SQUARE_RIGHT], False),
+    ],
+)
+def test_exact_judge_wants_the_prompts_objects_and_nothing_else(prompt, objects, expected):
+    assert judge_exact(prompt, [SceneObject(*o) for o in objects]) is expected
 
 
 def test_scene_that_cannot_fit_is_a_user_error():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -44,10 +45,15 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from unifork.train.launch import launch
     from unifork.train.trainer import train
 
-    final = train(args.config, args.out, resume=args.resume, device=args.device, max_steps=args.max_steps)
-    if final is not None:
+    settings = dict(resume=args.resume, device=args.device, max_steps=args.max_steps, strategy=args.strategy,
+                    compile=args.compile)  # fmt: skip
+    if args.nproc > 1:
+        return launch(args.nproc, args.config, args.out, **settings)
+    final = train(args.config, args.out, **settings)
+    if final is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
         print(f"training finished; final checkpoint in {final} (use it as --ckpt)")
 
 
@@ -78,6 +84,64 @@ def _cmd_ask(args: argparse.Namespace) -> None:
 
     pipe = Pipeline.from_pretrained(args.ckpt, task="und", device=args.device)
     print(pipe.ask(args.image, args.question))  # the answer alone, so scripts can capture it
+
+
+def _cmd_fork_hf(args: argparse.Namespace) -> None:
+    from unifork.hf import fork_hf
+
+    info = fork_hf(args.model, args.fork_layer, args.out, image_tokenizer_dir=args.image_tokenizer)
+    counts = ", ".join(f"{name} {n / 1e6:.1f}M" for name, n in info["parameters"].items())
+    print(f"forked {info['architecture']} at layer {info['fork_layer']} of {info['n_layers']} into {args.out} "
+          f"({counts}); use it as --ckpt")  # fmt: skip
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> None:
+    from unifork.hf import export_hf
+
+    info = export_hf(args.ckpt, args.out)
+    print(f"wrote the understanding path as {info['architecture']} ({info['parameters'] / 1e6:.1f}M parameters) to {args.out}")
+
+
+def _cmd_study(args: argparse.Namespace) -> None:
+    from unifork.study import run_study
+
+    forks = tuple(_int_list(args.forks, "--forks")) if args.forks else None
+    seeds = tuple(_int_list(args.seeds, "--seeds")) if args.seeds else None
+    study = run_study(args.out, quick=args.quick, forks=forks, seeds=seeds, tokenizer_dir=args.tokenizer, steps=args.steps)
+    for row in study["by_fork"]:
+        print(f"fork {row['fork']}: VQA {row['vqa']['mean']:.3f} ± {row['vqa']['std']:.3f}, "
+              f"ShapeEval exact {row['gen_exact']['mean']:.3f} ± {row['gen_exact']['std']:.3f}")  # fmt: skip
+    print(f"wrote {args.out}/study.md, study.json, quality_vs_fork.png, alignment.png")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers, e.g. 0,2,4; got '{text}'") from None
+
+
+def _cmd_align(args: argparse.Namespace) -> None:
+    from unifork.analysis.align import align
+
+    result = align(args.out, ckpt=args.ckpt, hf_model=args.hf_model, texts=args.texts,
+                   image_features=args.image_features, features=args.features, plot=args.plot, n=args.n, k=args.k,
+                   pooling=args.pooling, seed=args.seed, device=args.device)  # fmt: skip
+    for name in result["paths"]:
+        print(f"{name}: " + " ".join(f"{v:.3f}" for v in result[name]))
+    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from unifork.eval.suite import EvalSettings, run_eval, summary_lines
+
+    settings = EvalSettings(suite=args.suite, images_per_prompt=args.images_per_prompt,
+                            prompts_per_category=args.prompts_per_category, cfg_scale=args.cfg,
+                            vqa_scenes=args.vqa_scenes, seed=args.seed, device=args.device,
+                            inception_weights=args.inception_weights)  # fmt: skip
+    result = run_eval(args.ckpt, args.out, settings)
+    print("\n".join(summary_lines(result)))
+    print(f"wrote {args.out} in {result['wall_seconds']:.0f} s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     tr.add_argument("--max-steps", type=int, default=None,
                     help="stop after this many steps (checkpointed; continue later with --resume)")
+    tr.add_argument("--nproc", type=int, default=1,
+                    help="data-parallel processes on this machine, started through torchrun (batch_size stays the global batch)")
+    tr.add_argument("--strategy", default="fsdp", help="with several processes: fsdp (FSDP2, sharded) | ddp (replicated)")
+    tr.add_argument("--compile", action="store_true", help="torch.compile each block (for GPUs; falls back to eager if it fails)")
     tr.set_defaults(func=_cmd_train)
 
     gen = sub.add_parser("generate", help="sample images for a text prompt from a checkpoint")
@@ -142,6 +210,56 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--question", required=True, help="question, e.g. 'what color is the circle?'")
     ask.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ask.set_defaults(func=_cmd_ask)
+
+    fk = sub.add_parser("fork-hf", help="turn a local Qwen2/Llama HF checkpoint into a UniFork checkpoint forked at a layer")
+    fk.add_argument("--model", required=True, help="local HF model directory: config.json, *.safetensors, tokenizer.json")
+    fk.add_argument("--fork-layer", type=int, required=True, help="layers [0, K) are shared; the paper forks Qwen2.5-0.5B at 12 of 24")
+    fk.add_argument("--out", required=True, help="output checkpoint directory (usable as --ckpt)")
+    fk.add_argument("--image-tokenizer", default=None, help="image tokenizer directory (from `unifork tokenizer train`); default: a fresh untrained one")
+    fk.set_defaults(func=_cmd_fork_hf)
+
+    ex = sub.add_parser("export-hf", help="write a checkpoint's understanding path as a standard HF causal LM (Qwen2 or Llama)")
+    ex.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
+    ex.add_argument("--out", required=True, help="output HF model directory (AutoModelForCausalLM loads it)")
+    ex.set_defaults(func=_cmd_export_hf)
+
+    al = sub.add_parser("align", help="per-layer image-text alignment (mutual k-NN) of a model's hidden states")
+    al.add_argument("--ckpt", default=None, help="source 1: a UniFork checkpoint directory, measured on world scenes")
+    al.add_argument("--hf-model", default=None, help="source 2: a local Hugging Face causal LM directory (needs --texts, --image-features)")
+    al.add_argument("--texts", default=None, help="with --hf-model: a text file, one text per line, paired with the feature rows")
+    al.add_argument("--image-features", default=None, help="with --hf-model: a .npy (N, D) array of image features, one row per text")
+    al.add_argument("--features", default=None, help="source 3: an .npz with arrays 'image' and 'text', each (layers, N, D) or (N, D)")
+    al.add_argument("--out", required=True, help="output JSON: alignment per layer of each path")
+    al.add_argument("--plot", default=None, help="also write a PNG plot of alignment against layer")
+    al.add_argument("--n", type=int, default=256, help="with --ckpt: number of world scenes (image + caption pairs)")
+    al.add_argument("--k", type=int, default=10, help="neighbours per sample in mutual k-NN (chance = k / (N - 1))")
+    al.add_argument("--pooling", default="mean", help="how positions become one vector per sample: mean | last")
+    al.add_argument("--seed", type=int, default=0, help="with --ckpt: world seed of the test-split scenes")
+    al.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    al.set_defaults(func=_cmd_align)
+
+    ev = sub.add_parser("eval", help="evaluation suite: ShapeEval + domain FID (gen), VQA (und), tokenizer PSNR/SSIM")
+    ev.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
+    ev.add_argument("--suite", default="all", help="gen | und | all (gen loads only the gen branch, und only the und branch)")
+    ev.add_argument("--out", required=True, help="output JSON file (written atomically)")
+    ev.add_argument("--images-per-prompt", type=int, default=4, help="images sampled per ShapeEval prompt (GenEval uses 4)")
+    ev.add_argument("--prompts-per-category", type=int, default=16, help="ShapeEval prompts in each of the six categories")
+    ev.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale for generation")
+    ev.add_argument("--vqa-scenes", type=int, default=200, help="scenes per VQA split (test, held-out compositions)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of prompts, sampling and scenes (same seed, same result)")
+    ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    ev.add_argument("--inception-weights", default=None,
+                    help="local FID Inception-v3 weights file: adds standard FID (needs torch-fidelity; nothing is downloaded)")
+    ev.set_defaults(func=_cmd_eval)
+
+    st = sub.add_parser("study", help="the fork-point study: train task-specific, Y-fork and fully shared models, compare")
+    st.add_argument("--out", required=True, help="study directory (resumable: finished models are not redone)")
+    st.add_argument("--quick", action="store_true", help="small models, one seed: about 10 minutes on 2 CPU cores")
+    st.add_argument("--forks", default=None, help="comma-separated fork points (default: 0,3,6; quick: 0,2,4)")
+    st.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)")
+    st.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
+    st.add_argument("--tokenizer", default=None, help="reuse this tokenizer directory instead of training one")
+    st.set_defaults(func=_cmd_study)
     return parser
 
 

@@ -2,7 +2,8 @@
 
 1. train the text and image tokenizers on the shapes world (or reuse them),
 2. run the training stages of configs/quickstart.toml for a small Y-fork model,
-3. evaluate VQA on unseen scenes and generation with the world's detector, and write report.html/report.json.
+3. evaluate VQA on unseen scenes, generation with the world's detector and the per-layer image-text alignment of
+   both paths, and write report.html/report.json.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "quickstart.t
 def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = None, progress: bool = True,
                eval_scale: float = 1.0) -> dict:  # fmt: skip
     """Train and evaluate; returns report.json's content. `eval_scale` shrinks the evaluation (tests use it)."""
+    from unifork.analysis.model_alignment import model_alignment
+    from unifork.analysis.plot import plot_alignment
     from unifork.eval.geneval import evaluate_generation
     from unifork.eval.vqa import evaluate_vqa
     from unifork.inference.pipeline import Pipeline
@@ -45,6 +48,8 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     gen = evaluate_generation(pipeline, prompts_per_category=n(16), images_per_prompt=4, cfg_scale=5.0, keep_images=8)
     gen_heldout = evaluate_generation(pipeline, prompts_per_category=n(8), images_per_prompt=2, cfg_scale=5.0,
                                       heldout=True, seed=1)  # fmt: skip
+    alignment = model_alignment(pipeline, n=n(256), k=min(10, n(256) - 1))
+    plot_alignment(alignment, out / "alignment.png")
 
     tokenizer_dir = Path(load_recipe(recipe).tokenizer_dir or out / "tokenizer")
     tokenizer_report_path = tokenizer_dir / "report.json"
@@ -61,15 +66,17 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
         "gen": {k: v for k, v in gen.items() if k != "samples"},
         "gen_heldout": {k: v for k, v in gen_heldout.items() if k != "samples"},
         "tokenizer": tokenizer_report,
+        "alignment": {key: alignment[key] for key in ("k", "n_samples", "chance", "und", "gen")},
     }
     print("[3/3] writing the report")
-    write_report(out, report, gen["samples"], vqa["examples"], out / "metrics.jsonl")
+    write_report(out, report, gen["samples"], vqa["examples"], out / "metrics.jsonl", out / "alignment.png")
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(
         f"done in {report['wall_seconds']:.0f} s: VQA accuracy {vqa['accuracy']:.3f} (held-out compositions "
-        f"{vqa_heldout['accuracy']:.3f}), generation judged correct {gen['accuracy']['overall']:.3f} "
-        f"(single_object {gen['accuracy']['single_object']:.3f}, colors {gen['accuracy']['colors']:.3f}); "
+        f"{vqa_heldout['accuracy']:.3f}), generation judged correct {gen['accuracy']['overall']:.3f} by GenEval's "
+        f"rules, {gen['exact']['accuracy']['overall']:.3f} exact (single_object {gen['exact']['accuracy']['single_object']:.3f}, "
+        f"colors {gen['exact']['accuracy']['colors']:.3f}); "
         f"open {out / 'report.html'}"
     )
     return report

@@ -52,13 +52,15 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return f"<table>{cells}</table>"
 
 
-def write_report(out: Path, report: dict, gen_samples: list[dict], vqa_examples: list[dict], metrics_path: Path) -> None:
+def write_report(out: Path, report: dict, gen_samples: list[dict], vqa_examples: list[dict], metrics_path: Path,
+                 alignment_png: Path) -> None:  # fmt: skip
     """Write out/report.json (numbers only) and out/report.html (numbers, samples, curves)."""
     (out / "report.json").write_text(json.dumps(report, indent=2))
     metric_rows = [("wall time (s)", report["wall_seconds"]), ("VQA accuracy (test scenes)", report["vqa"]["accuracy"])]
     metric_rows += [(f"VQA {k}", v) for k, v in report["vqa"]["by_type"].items()]
     metric_rows += [("VQA accuracy (held-out compositions)", report["vqa_heldout"]["accuracy"])]
-    metric_rows += [(f"generation {k}", v) for k, v in report["gen"]["accuracy"].items()]
+    metric_rows += [(f"generation exact {k}", v) for k, v in report["gen"]["exact"]["accuracy"].items()]
+    metric_rows += [(f"generation (GenEval rules) {k}", v) for k, v in report["gen"]["accuracy"].items()]
     metric_rows += [("generation overall (held-out compositions)", report["gen_heldout"]["accuracy"]["overall"])]
     metric_rows += [(f"tokenizer {k}", v) for k, v in report["tokenizer"].items()]
     metric_rows += [(f"parameters {k}", f"{v:,}") for k, v in report["parameters"].items()]
@@ -86,9 +88,11 @@ td{{border:1px solid #ccc;padding:2px 8px}} .grid{{display:flex;flex-wrap:wrap;g
 figure{{margin:0;width:140px;font-size:11px}} figure.ok{{border-top:3px solid #2a2}} figure.bad{{border-top:3px solid #c22}}</style>
 </head><body><h1>unifork quickstart</h1>
 <p>A Y-fork UniFork model trained from scratch on the shapes world on this machine's CPU.
-Generated images are judged by the world's detector with GenEval's rules (green = judged correct).</p>
+Generated images are judged by the world's detector: <i>exact</i> when it finds the prompt's objects and nothing
+else, <i>GenEval rules</i> when the prompt's objects are present (extra objects ignored; green = correct by these rules).</p>
 <h2>Metrics</h2>{_table(metric_rows)}
 <h2>Training loss per task</h2><img src="{loss_curves_png(metrics_path)}">
+<h2>Image-text alignment per layer</h2><img src="data:image/png;base64,{base64.b64encode(alignment_png.read_bytes()).decode()}">
 <h2>Generated samples per category</h2>{gen_html}
 <h2>Visual question answering (held-out test scenes)</h2><div class="grid">{vqa_html}</div>
 </body></html>"""

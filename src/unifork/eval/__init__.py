@@ -1,1 +1,1 @@
-"""Evaluation on the shapes world: VQA exact match and GenEval-style judged generation."""
+"""Evaluation on the shapes world: ShapeEval (GenEval analog), VQA, domain FID and tokenizer fidelity; suite.py runs them."""

@@ -7,26 +7,35 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from unifork.eval.caption_match import caption_match
+from unifork.eval.stats import rates, wilson_interval
 from unifork.inference.sampler import answer_questions
 from unifork.tokenizers.image import images_to_tensor
-from unifork.world import World
+from unifork.world import World, WorldConfig, to_canvas_rgb
 
 
 @torch.no_grad()
 def evaluate_vqa(pipeline, split: str = "test", n_scenes: int = 200, seed: int = 1, batch_size: int = 64,
                  keep_examples: int = 0) -> dict:  # fmt: skip
-    """Ask every question of n scenes of `split`; accuracy overall and by type (+ a few examples for reports)."""
+    """Ask every question of n scenes of `split`; accuracy overall and by type (+ a few examples for reports).
+
+    Returns split, n_questions, accuracy (overall, exact string match), by_type, ci95 and counts per type and
+    "overall", describe (caption exact / partial match, see caption_match.py) and `keep_examples` examples.
+    """
     world = World(seed=seed, split=split)
+    # The tokenizer's resolution may differ from the world's canvas (small test checkpoints): resize as `ask` does.
+    canvas = WorldConfig(canvas=pipeline.image_tokenizer.cfg.image_size)
     items = []  # (scene index, qtype, question, answer)
     images = []
     for i in range(n_scenes):
         sample = world.sample(i)
         images.append(sample.image)
         items.extend((i, qtype, q, a) for qtype, q, a in sample.qa)
-    pixels = images_to_tensor(np.stack(images)).to(pipeline.device)
+    pixels = images_to_tensor(np.stack([to_canvas_rgb(image, canvas) for image in images])).to(pipeline.device)
     codes = pipeline.image_tokenizer.encode(pixels)
     latents = pipeline.image_tokenizer.encode_latents(pixels)
     correct, total = defaultdict(int), defaultdict(int)
+    describe = []  # (exact, partial) per describe question
     examples = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -35,13 +44,30 @@ def evaluate_vqa(pipeline, split: str = "test", n_scenes: int = 200, seed: int =
         for (i, qtype, question, truth), predicted in zip(chunk, predictions):
             total[qtype] += 1
             correct[qtype] += int(predicted == truth)
+            if qtype == "describe":
+                describe.append(caption_match(predicted, truth))
             if len(examples) < keep_examples and (not examples or examples[-1]["scene"] != i):
                 examples.append({"scene": i, "question": question, "answer": predicted, "truth": truth, "image": images[i]})
-    by_type = {t: round(correct[t] / total[t], 4) for t in sorted(total)}
+    per_type = rates(correct, total, sorted(total))
+    overall = per_type["accuracy"].pop("overall")
     return {
         "split": split,
         "n_questions": sum(total.values()),
-        "accuracy": round(sum(correct.values()) / max(1, sum(total.values())), 4),
-        "by_type": by_type,
+        "accuracy": overall,
+        "by_type": per_type["accuracy"],
+        "ci95": per_type["ci95"],
+        "counts": per_type["counts"],
+        "describe": _describe_scores(describe),
         "examples": examples,
+    }
+
+
+def _describe_scores(matches: list[tuple[bool, float]]) -> dict:
+    """Mean caption exact match (with its Wilson interval) and mean partial match over describe questions."""
+    n, exact = len(matches), sum(e for e, _ in matches)
+    return {
+        "n": n,
+        "caption_exact": round(exact / n, 4) if n else 0.0,
+        "caption_exact_ci95": [round(v, 4) for v in wilson_interval(exact, n)],
+        "caption_partial": round(sum(p for _, p in matches) / n, 4) if n else 0.0,
     }

@@ -21,7 +21,12 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (Su et al., arXiv 2104.09864), rotate-half layout as in Llama/Qwen2."""
+    """Rotary position embedding (Su et al., arXiv 2104.09864), rotate-half layout as in Llama/Qwen2.
+
+    Same inv_freq and layout as transformers' Qwen2/Llama RoPE (tests/test_hf.py compares the tables); the angles
+    are computed in float64 and rounded once, where HF computes them in float32: equal for short contexts, off by
+    float32 rounding of the angle at far positions.
+    """
 
     def __init__(self, head_dim: int, max_len: int, theta: float):
         super().__init__()
@@ -60,10 +65,11 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        # Biases on q/k/v as in Qwen2 (the paper's backbone), so converted checkpoints map one to one.
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=True)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=True)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=True)
+        # Biases on q/k/v as in Qwen2 (the paper's backbone), none as in Llama, so checkpoints map one to one.
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x, positions, mask, rotary: Rotary, cache: LayerCache | None = None):

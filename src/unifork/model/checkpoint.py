@@ -15,11 +15,22 @@ from unifork.model.unifork import TASKS, UniFork
 WEIGHTS_FILE = "model.safetensors"
 
 
+# A tied text head is the text embedding under a second name: stored once (safetensors refuses shared storage).
+TIED_HEAD, TIED_TO = "und.head.weight", "trunk.text_embed.weight"
+
+
+def _tied(model: UniFork) -> bool:
+    return model.cfg.tie_word_embeddings and model.und is not None
+
+
 def save_model(model: UniFork, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.cfg.save(directory)
-    atomic_save_tensors(model.state_dict(), directory / WEIGHTS_FILE)
+    state = model.state_dict()
+    if _tied(model):
+        del state[TIED_HEAD]
+    atomic_save_tensors(state, directory / WEIGHTS_FILE)
 
 
 def load_model(directory: str | Path, task: str | None = None, device: str | torch.device = "cpu") -> UniFork:
@@ -41,6 +52,8 @@ def load_model(directory: str | Path, task: str | None = None, device: str | tor
     skipped = tuple(f"{t}." for t in TASKS if t not in tasks)
     state = {k: v for k, v in state.items() if not k.startswith(skipped)} if skipped else state
     expected = model.state_dict()
+    if _tied(model):
+        del expected[TIED_HEAD]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -51,5 +64,7 @@ def load_model(directory: str | Path, task: str | None = None, device: str | tor
             if keys
         )
         raise UserError(f"weights {path} do not match {directory / 'config.json'} ({detail})")
+    if _tied(model):
+        state[TIED_HEAD] = state[TIED_TO]
     model.load_state_dict(state, strict=True)
     return model.eval()

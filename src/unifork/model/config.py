@@ -27,6 +27,8 @@ class ModelConfig:
     max_seq_len: int = 192
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
+    attention_bias: bool = True  # biases on q/k/v (Qwen2, the paper's backbone); False for Llama checkpoints
+    tie_word_embeddings: bool = False  # the text head reuses the text embedding matrix (Qwen2.5-0.5B does)
     und_input: str = "latents"  # "latents": tokenizer latents through an MLP projector (LLaVA-style); "codes": code embeddings
 
     def __post_init__(self):
@@ -51,8 +53,8 @@ class ModelConfig:
         for key, value in d.items():
             if key not in known:
                 raise UserError(f"unknown key '{key}' in {source}; known keys: {', '.join(known)}")
-            expected = {"int": int, "float": (int, float), "str": str}[known[key]]
-            if not isinstance(value, expected) or isinstance(value, bool):
+            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[known[key]]
+            if not isinstance(value, expected) or (isinstance(value, bool) and known[key] != "bool"):
                 raise UserError(f"'{key}' in {source} must be {known[key]}, got {value!r}")
         return cls(**d)
 

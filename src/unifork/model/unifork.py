@@ -125,6 +125,9 @@ class UniFork(nn.Module):
         # A branch that is not loaded is None (task-only loading saves its memory).
         self.und = Branch(cfg, cfg.text_vocab_size) if "und" in tasks else None
         self.gen = Branch(cfg, cfg.image_vocab_size) if "gen" in tasks else None
+        if cfg.tie_word_embeddings and self.und is not None:
+            # One matrix reads and writes text, as in Qwen2.5-0.5B; checkpoint.py stores it once.
+            self.und.head.weight = self.trunk.text_embed.weight
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # scale residual projections by depth (GPT-2)
             if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -198,9 +201,31 @@ class UniFork(nn.Module):
         h = self._run(branch.layers, h, positions, mask, None)
         return branch.head(branch.norm(h))
 
+    def hidden_states(self, task: str, batch: Batch) -> list[torch.Tensor]:
+        """The residual stream on `task`'s path: after the embeddings, then after each trunk and branch layer.
+
+        n_layers + 1 tensors of (B, T, C); entries [0, fork_layer] come from shared weights. For analysis
+        (per-layer alignment), so it runs without a cache; the last entry through norm + head gives logits().
+        """
+        positions, mask = batch.positions, attention_mask(batch.valid, batch.tokens.shape[1])
+        x = self.trunk.embed(batch)
+        states = [x]
+        for layer in (*self.trunk.layers, *self.branch(task).layers):
+            x = layer(x, positions, mask, self.rotary, None)
+            states.append(x)
+        return states
+
     def param_counts(self) -> dict[str, int]:
-        counts = {"trunk": sum(p.numel() for p in self.trunk.parameters())}
+        """Parameters of the trunk and each branch; a tied text head counts once, in the trunk."""
+        seen: set[int] = set()
+
+        def count(module: nn.Module) -> int:
+            new = [p for p in module.parameters() if id(p) not in seen]
+            seen.update(id(p) for p in new)
+            return sum(p.numel() for p in new)
+
+        counts = {"trunk": count(self.trunk)}
         for task in self.tasks:
-            counts[task] = sum(p.numel() for p in self.branch(task).parameters())
+            counts[task] = count(self.branch(task))
         counts["total"] = sum(counts.values())
         return counts

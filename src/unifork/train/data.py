@@ -1,19 +1,54 @@
 """Training data: a pool of world samples whose images the frozen image tokenizer encodes once.
 
 Precomputing codes and latents is how real runs save compute (the tokenizer never changes during training).
-Batches are a pure function of (seed, stage, step), so resuming needs no data-loader state.
+Batches are a pure function of (seed, stage, step), so resuming needs no data-loader state. A data-parallel
+rank takes its contiguous slice of that same global batch, so the data order does not depend on the world size.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from unifork.errors import UserError
 from unifork.model.unifork import Batch
 from unifork.sequences import Example, SequenceBuilder
 from unifork.tokenizers.image import ImageTokenizer, images_to_tensor
 from unifork.train.recipe import DataConfig, StageConfig
 from unifork.world import World
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """What one row of a batch holds, drawn before anything is built (building is deterministic)."""
+
+    task: str  # "und" or "gen"
+    sample: int  # index into the pool
+    turns: tuple = ()  # und: (question, answer) pairs in order
+    caption: str = ""  # gen: the prompt; "" is the null condition of classifier-free guidance
+
+
+@dataclass
+class RankBatch:
+    """One rank's rows of a global batch. Rows from `real_rows` on are stand-ins (see SamplePool.rank_batch)."""
+
+    batch: Batch
+    real_rows: int
+
+
+def check_split(stages: tuple[StageConfig, ...], world: int) -> None:
+    """Every rank needs at least one row of each global batch."""
+    for stage in stages:
+        if stage.batch_size < world:
+            raise UserError(f"stage '{stage.name}': batch_size {stage.batch_size} is the global batch, smaller than "
+                            f"the {world} processes sharing it")  # fmt: skip
+
+
+def rank_rows(batch_size: int, rank: int, world: int) -> range:
+    """The contiguous rows of the global batch that `rank` trains on; sizes differ by at most one."""
+    return range(rank * batch_size // world, (rank + 1) * batch_size // world)
 
 
 class SamplePool:
@@ -33,26 +68,48 @@ class SamplePool:
         self.codes = torch.cat(codes)  # (N, L)
         self.latents = torch.cat(latents)  # (N, L, latent_dim)
 
-    def batch(self, stage: StageConfig, stage_index: int, step: int) -> Batch:
-        """The batch of `step` in `stage`: the same on every run and after every resume."""
+    def plan(self, stage: StageConfig, stage_index: int, step: int) -> list[RowPlan]:
+        """The rows of the global batch of `step` in `stage`: the same on every run, resume and world size."""
         g = torch.Generator().manual_seed(hash((self.data.seed, stage_index, step)) & 0x7FFFFFFF)
         total = sum(stage.mix.values())
         n_gen = round(stage.batch_size * stage.mix.get("gen", 0.0) / total)
         n_und = stage.batch_size - n_gen
-        rows = torch.randint(len(self.codes), (stage.batch_size,), generator=g).tolist()
+        samples = torch.randint(len(self.codes), (stage.batch_size,), generator=g).tolist()
         picks = torch.rand(stage.batch_size, 2, generator=g).tolist()
-        examples: list[Example] = []
-        for i, (row, (pick, drop)) in enumerate(zip(rows, picks)):
+        rows = []
+        for i, (sample, (pick, drop)) in enumerate(zip(samples, picks)):
             if i < n_und:
-                order = torch.randperm(len(self.qa[row]), generator=g)[: self.data.und_turns].tolist()
-                turns = [self.qa[row][k] for k in order]
-                example = self.builder.understand_turns(self.codes[row], self.latents[row], turns)
-                while len(example.tokens) > self.builder.cfg.max_seq_len and len(turns) > 1:
-                    turns = turns[:-1]  # long answers (descriptions) leave room for fewer turns
-                    example = self.builder.understand_turns(self.codes[row], self.latents[row], turns)
-                examples.append(example)
+                order = torch.randperm(len(self.qa[sample]), generator=g)[: self.data.und_turns].tolist()
+                rows.append(RowPlan("und", sample, turns=tuple(self.qa[sample][k] for k in order)))
             else:
-                caption = self.captions[row][int(pick * len(self.captions[row]))]
-                caption = "" if drop < self.data.caption_dropout else caption
-                examples.append(self.builder.generate(caption, self.codes[row]))
-        return self.builder.collate(examples)
+                caption = self.captions[sample][int(pick * len(self.captions[sample]))]
+                rows.append(RowPlan("gen", sample, caption="" if drop < self.data.caption_dropout else caption))
+        return rows
+
+    def build(self, row: RowPlan) -> Example:
+        codes, latents = self.codes[row.sample], self.latents[row.sample]
+        if row.task == "gen":
+            return self.builder.generate(row.caption, codes)
+        turns = list(row.turns)
+        example = self.builder.understand_turns(codes, latents, turns)
+        while len(example.tokens) > self.builder.cfg.max_seq_len and len(turns) > 1:
+            turns = turns[:-1]  # long answers (descriptions) leave room for fewer turns
+            example = self.builder.understand_turns(codes, latents, turns)
+        return example
+
+    def batch(self, stage: StageConfig, stage_index: int, step: int) -> Batch:
+        """The whole global batch of `step` in `stage` (single-process training)."""
+        return self.builder.collate([self.build(row) for row in self.plan(stage, stage_index, step)])
+
+    def rank_batch(self, stage: StageConfig, stage_index: int, step: int, rank: int, world: int) -> RankBatch:
+        """`rank`'s contiguous slice of the global batch, plus one stand-in row per task the slice lacks.
+
+        Every rank must run the same modules each step: FSDP all-gathers a block's weights when the block runs,
+        so a rank that skipped a branch would leave the others waiting in a collective. The stand-in (the global
+        batch's first row of that task) makes the branch run; the trainer gives it zero loss weight.
+        """
+        rows = self.plan(stage, stage_index, step)
+        mine = [rows[i] for i in rank_rows(len(rows), rank, world)]
+        missing = sorted({r.task for r in rows} - {r.task for r in mine})
+        stand_ins = [next(r for r in rows if r.task == task) for task in missing]
+        return RankBatch(self.builder.collate([self.build(row) for row in mine + stand_ins]), real_rows=len(mine))

@@ -68,3 +68,14 @@ def judge(prompt: Union[str, PromptSpec], category: str, detected: Sequence[Scen
     if category == "position":
         return _position_holds(spec, detected)
     raise UserError(f"unknown prompt category '{category}'; known categories: {', '.join(CATEGORIES)}")
+
+
+def judge_exact(prompt: Union[str, PromptSpec], detected: Sequence[SceneObject]) -> bool:
+    """Whether the detector recovers the prompt's spec: exactly its objects (color and size where named), nothing
+    else, and its relation. Stricter than GenEval's rules, which ignore extra objects: in this world a noisy
+    image full of blobs passes GenEval's "a red circle" often (an untrained model scored 0.62 on single_object).
+    """
+    spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    if len(detected) != spec.n_objects or not _all_present(spec.groups, detected, bind_attributes=True):
+        return False
+    return spec.relation is None or _position_holds(spec, detected)
