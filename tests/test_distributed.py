@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from unifork.errors import UserError
 from unifork.model.unifork import UniFork
 from unifork.sequences import SequenceBuilder
+from unifork.train.checkpoints import latest_checkpoint
 from unifork.train.data import SamplePool, rank_rows
 from unifork.train.global_loss import supervised_tokens, task_weights, weighted_loss
 from unifork.train.launch import launch
@@ -92,7 +93,7 @@ def test_two_processes_match_one(runs, run):
 @pytest.mark.parametrize("run", ["cut2", "cut1"])
 def test_resume_across_world_sizes(runs, run):
     """cut2: 2 processes (sharded state gathered) then 1; cut1: 1 process then 2 (full state sharded on load)."""
-    state = torch.load(runs / run / "stages" / "joint" / "train_state.pt", weights_only=True)
+    state = torch.load(latest_checkpoint(runs / run / "stages" / "joint") / "train_state.pt", weights_only=True)
     assert state["step"] == 2  # finished; the cut was at joint step 1
     assert_same_training(runs / "one", runs / run)
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from unifork.errors import UserError
 from unifork.model import UniFork, load_model
 from unifork.tokenizers.text import TextTokenizer
+from unifork.train.checkpoints import latest_checkpoint
 from unifork.train.recipe import load_recipe
 from unifork.train.trainer import train
 
@@ -57,7 +58,7 @@ def test_tiny_run_reduces_both_losses_and_chains_stages(tmp_path, tokenizer_dir)
         assert last < 0.8 * first, (task, first, last)
     # the gen_pretrain stage freezes the und branch: its weights equal the initialisation saved by nobody, so
     # compare the stage checkpoint's und weights to the final model's: joint must have changed them
-    stage1 = load_file(str(tmp_path / "run" / "stages" / "gen_pretrain" / "model.safetensors"))
+    stage1 = load_file(str(latest_checkpoint(tmp_path / "run" / "stages" / "gen_pretrain") / "model.safetensors"))
     final_weights = load_file(str(final / "model.safetensors"))
     assert not torch.equal(stage1["und.head.weight"], final_weights["und.head.weight"])
     model = load_model(final)
@@ -67,7 +68,7 @@ def test_tiny_run_reduces_both_losses_and_chains_stages(tmp_path, tokenizer_dir)
 def test_frozen_parameters_do_not_move(tmp_path, tokenizer_dir):
     recipe = write_recipe(tmp_path / "r.toml", tokenizer_dir, gen_steps=3, joint_steps=1)
     train(recipe, tmp_path / "run", progress=False)
-    stage = load_file(str(tmp_path / "run" / "stages" / "gen_pretrain" / "model.safetensors"))
+    stage = load_file(str(latest_checkpoint(tmp_path / "run" / "stages" / "gen_pretrain") / "model.safetensors"))
     cfg = load_model(tmp_path / "run" / "checkpoint").cfg
     torch.manual_seed(0)  # the trainer seeds the same way right before building the model
     init = UniFork(cfg).state_dict()
@@ -80,7 +81,7 @@ def test_resume_is_exact(tmp_path, tokenizer_dir):
     straight = train(recipe, tmp_path / "straight", progress=False)
     cut = tmp_path / "cut"
     assert train(recipe, cut, progress=False, max_steps=6) is None  # 4 gen steps + 2 of 6 joint steps, then stop
-    assert torch.load(cut / "stages" / "joint" / "train_state.pt", weights_only=True)["step"] == 2
+    assert torch.load(latest_checkpoint(cut / "stages" / "joint") / "train_state.pt", weights_only=True)["step"] == 2
     with pytest.raises(UserError, match="--resume"):
         train(recipe, cut, progress=False)
     # a process killed after logging steps it never checkpointed: those lines must be redone, not kept twice

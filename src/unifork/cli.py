@@ -102,6 +102,14 @@ def _cmd_export_hf(args: argparse.Namespace) -> None:
     print(f"wrote the understanding path as {info['architecture']} ({info['parameters'] / 1e6:.1f}M parameters) to {args.out}")
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from unifork.bench import bench_settings, run_bench, summary_lines
+
+    result = run_bench(args.out, bench_settings(quick=args.quick, size=args.size, repeats=args.repeats), threads=args.threads)
+    print("\n".join(summary_lines(result)))
+    print(f"wrote {args.out}")
+
+
 def _cmd_study(args: argparse.Namespace) -> None:
     from unifork.study import run_study
 
@@ -112,6 +120,15 @@ def _cmd_study(args: argparse.Namespace) -> None:
         print(f"fork {row['fork']}: VQA {row['vqa']['mean']:.3f} ± {row['vqa']['std']:.3f}, "
               f"ShapeEval exact {row['gen_exact']['mean']:.3f} ± {row['gen_exact']['std']:.3f}")  # fmt: skip
     print(f"wrote {args.out}/study.md, study.json, quality_vs_fork.png, alignment.png")
+
+
+def _cmd_data_pretokenize(args: argparse.Namespace) -> None:
+    from unifork.data import pretokenize
+
+    meta = pretokenize(args.source, args.tokenizer, args.out, latents=not args.no_latents, batch_size=args.batch_size)
+    print(f"encoded {meta['records'] - meta['corrupt']} images of {args.source} into {len(meta['shards'])} shards in "
+          f"{args.out} ({meta['corrupt']} corrupt, kept as skipped rows); train on it with "
+          f'[data] source = "pretokenized:{args.out}"')  # fmt: skip
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -142,6 +159,24 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     result = run_eval(args.ckpt, args.out, settings)
     print("\n".join(summary_lines(result)))
     print(f"wrote {args.out} in {result['wall_seconds']:.0f} s")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from unifork.serve import serve
+
+    serve(args.ckpt, host=args.host, port=args.port, task=args.task, max_batch=args.max_batch, queue=args.queue,
+          timeout=args.timeout, device=args.device, admin=args.admin, ui=not args.no_ui)  # fmt: skip
+
+
+def _cmd_loadtest(args: argparse.Namespace) -> None:
+    from unifork.serve.loadtest import loadtest, summary_lines, write_json
+
+    result = loadtest(args.url, concurrency=args.concurrency, requests=args.requests, kind=args.kind, n=args.n,
+                      sequential_baseline=args.sequential_baseline, time_limit=args.time_limit)  # fmt: skip
+    print("\n".join(summary_lines(result)))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output HF model directory (AutoModelForCausalLM loads it)")
     ex.set_defaults(func=_cmd_export_hf)
 
+    bn = sub.add_parser("bench", help="speed and memory figures as side-by-side ratios (docs/performance.md)")
+    bn.add_argument("--out", required=True, help="output JSON file: headline ratios, raw timings, machine info")
+    bn.add_argument("--quick", action="store_true", help="model 'small', fewer repeats: about 3 minutes on 2 CPU cores")
+    bn.add_argument("--size", default=None, help="model size: tiny | small | base (default: base; quick: small)")
+    bn.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
+    bn.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)  # tests: fewer timed rounds
+    bn.set_defaults(func=_cmd_bench)
+
     al = sub.add_parser("align", help="per-layer image-text alignment (mutual k-NN) of a model's hidden states")
     al.add_argument("--ckpt", default=None, help="source 1: a UniFork checkpoint directory, measured on world scenes")
     al.add_argument("--hf-model", default=None, help="source 2: a local Hugging Face causal LM directory (needs --texts, --image-features)")
@@ -252,6 +295,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local FID Inception-v3 weights file: adds standard FID (needs torch-fidelity; nothing is downloaded)")
     ev.set_defaults(func=_cmd_eval)
 
+    sv = sub.add_parser("serve", help="REST API (/v1, docs at /docs) and web demo (/ui) on one batching engine")
+    sv.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only; the API has no auth)")
+    sv.add_argument("--port", type=int, default=7860, help="TCP port")
+    sv.add_argument("--task", default="both", help="branches to load: gen | und | both")
+    sv.add_argument("--max-batch", type=int, default=16, help="most requests computed together in one batch (1 = no batching)")
+    sv.add_argument("--queue", type=int, default=64, help="most requests waiting; more are refused with 429 and Retry-After")
+    sv.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait and compute before a 504")
+    sv.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    sv.add_argument("--admin", action="store_true",
+                    help="enable PUT /v1/admin/max-batch for loopback clients (what loadtest --sequential-baseline uses)")
+    sv.add_argument("--no-ui", action="store_true", help="serve the REST API only, without the Gradio demo")
+    sv.set_defaults(func=_cmd_serve)
+
+    lt = sub.add_parser("loadtest", help="load a running server on this machine: latency, throughput, batching speedup")
+    lt.add_argument("--url", required=True, help="server address on this machine, e.g. http://127.0.0.1:7860")
+    lt.add_argument("--concurrency", type=int, default=16, help="clients sending at once (at most 256)")
+    lt.add_argument("--requests", type=int, default=200, help="requests per run (at most 10000)")
+    lt.add_argument("--kind", default="generate", help="generate | ask")
+    lt.add_argument("--n", type=int, default=1, help="images per generate request")
+    lt.add_argument("--sequential-baseline", action="store_true",
+                    help="run the same load again with the server's max batch at 1 and report the speedup (needs serve --admin)")
+    lt.add_argument("--time-limit", type=float, default=600.0, help="seconds per run; sending stops after that")
+    lt.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    lt.set_defaults(func=_cmd_loadtest)
+
     st = sub.add_parser("study", help="the fork-point study: train task-specific, Y-fork and fully shared models, compare")
     st.add_argument("--out", required=True, help="study directory (resumable: finished models are not redone)")
     st.add_argument("--quick", action="store_true", help="small models, one seed: about 10 minutes on 2 CPU cores")
@@ -260,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
     st.add_argument("--tokenizer", default=None, help="reuse this tokenizer directory instead of training one")
     st.set_defaults(func=_cmd_study)
+
+    data = sub.add_parser("data", help="image-text data on disk for training (formats: docs/scale.md, Real data)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    pt = data_sub.add_parser("pretokenize", help="encode every image once with the frozen image tokenizer")
+    pt.add_argument("--source", required=True,
+                    help="folder:PATH | webdataset:GLOB | hf:PATH | parquet:GLOB (as [data] source in a recipe)")
+    pt.add_argument("--tokenizer", required=True, help="tokenizer directory of the run that will train on it")
+    pt.add_argument("--out", required=True, help="output folder; use it as [data] source = \"pretokenized:OUT\"")
+    pt.add_argument("--no-latents", action="store_true",
+                    help="store codes only, not latents (latent_dim times smaller; enough for und_input = \"codes\" models)")
+    pt.add_argument("--batch-size", type=int, default=256, help="images per tokenizer call")
+    pt.set_defaults(func=_cmd_data_pretokenize)
     return parser
 
 

@@ -37,6 +37,8 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     # A rerun reuses the tokenizer and finished stages (delete `out` to start over).
     print(f"[1/3] tokenizers and training stages of {recipe.name} -> {out}")
     checkpoint = train(recipe, out, resume=True, progress=progress)
+    if checkpoint is None:  # stopped by SIGTERM/SIGINT after checkpointing
+        raise UserError(f"training stopped before the end; rerun the same quickstart command (--out {out}) to continue it")
     train_seconds = time.perf_counter() - start
 
     print("[2/3] evaluating: VQA on unseen scenes, generation judged by the world's detector")

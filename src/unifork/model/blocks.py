@@ -36,11 +36,19 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x (B, H, T, hd), positions (B, T) -> rotated x."""
-        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, T, hd)
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at positions (B, T), each (B, 1, T, hd): gathered once, applied to both q and k."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x (B, H, T, hd) rotated by tables from `tables`."""
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (B, H, T, hd), positions (B, T) -> rotated x."""
+        return self.rotate(x, *self.tables(positions))
 
 
 class LayerCache:
@@ -77,7 +85,8 @@ class Attention(nn.Module):
         q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.n_heads)
         k = rearrange(self.k_proj(x), "b t (h d) -> b h t d", h=self.n_kv_heads)
         v = rearrange(self.v_proj(x), "b t (h d) -> b h t d", h=self.n_kv_heads)
-        q, k = rotary(q, positions), rotary(k, positions)
+        cos, sin = rotary.tables(positions)  # one gather per layer: q and k share positions
+        q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads)

@@ -1,4 +1,8 @@
-"""Model weights on disk: config.json + model.safetensors, written atomically, loaded strictly and loudly."""
+"""Model weights on disk: config.json + model.safetensors, written atomically, loaded strictly and loudly.
+
+Where the directory has a manifest (training checkpoints write one, see unifork.manifest), both files are checked
+against it before loading.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from safetensors.torch import load_file
 
 from unifork.atomic import atomic_save_tensors
 from unifork.errors import UserError
+from unifork.manifest import MANIFEST_FILE, verify_manifest
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import TASKS, UniFork
 
@@ -26,6 +31,7 @@ def _tied(model: UniFork) -> bool:
 def save_model(model: UniFork, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST_FILE).unlink(missing_ok=True)  # it described the files about to be replaced
     model.cfg.save(directory)
     state = model.state_dict()
     if _tied(model):
@@ -38,6 +44,7 @@ def load_model(directory: str | Path, task: str | None = None, device: str | tor
     if task is not None and task not in TASKS:
         raise UserError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)} (or none for both)")
     directory = Path(directory)
+    verify_manifest(directory, names=("config.json", WEIGHTS_FILE))
     cfg = ModelConfig.load(directory)
     path = directory / WEIGHTS_FILE
     if not path.is_file():

@@ -61,6 +61,8 @@ def _train_and_evaluate(recipe, run_dir: Path, preset: StudyPreset, progress: bo
     print(f"== fork {recipe.model.fork_layer}, seed {recipe.seed}: training -> {run_dir}")
     start = time.perf_counter()
     checkpoint = train(recipe, run_dir, resume=True, progress=progress)
+    if checkpoint is None:  # stopped by SIGTERM/SIGINT after checkpointing
+        raise UserError(f"training of {run_dir} stopped before the end; rerun the same study command to continue it")
     train_seconds = time.perf_counter() - start
     result = {"fork": recipe.model.fork_layer, "seed": recipe.seed, "train_seconds": round(train_seconds, 1),
               "steps": sum(s.steps for s in recipe.stages), **evaluate_model(checkpoint, preset)}  # fmt: skip

@@ -1,8 +1,11 @@
-"""Training data: a pool of world samples whose images the frozen image tokenizer encodes once.
+"""Training data: where batches come from, and how ranks share them.
 
-Precomputing codes and latents is how real runs save compute (the tokenizer never changes during training).
-Batches are a pure function of (seed, stage, step), so resuming needs no data-loader state. A data-parallel
-rank takes its contiguous slice of that same global batch, so the data order does not depend on the world size.
+`[data] source = "world"` (the default): a pool of world samples whose images the frozen image tokenizer
+encodes once. Precomputing codes and latents is how real runs save compute (the tokenizer never changes
+during training). Its batches are a pure function of (seed, stage, step), so resuming needs no data-loader
+state. Any other source streams records from disk (unifork.data, StreamPool); its position is saved with
+each checkpoint. Either way a data-parallel rank takes its contiguous slice of the same global batch, so the
+data order does not depend on the world size.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class RowPlan:
 
 @dataclass
 class RankBatch:
-    """One rank's rows of a global batch. Rows from `real_rows` on are stand-ins (see SamplePool.rank_batch)."""
+    """One rank's rows of a global batch. Rows from `real_rows` on are stand-ins (see rank_share)."""
 
     batch: Batch
     real_rows: int
@@ -51,7 +54,28 @@ def rank_rows(batch_size: int, rank: int, world: int) -> range:
     return range(rank * batch_size // world, (rank + 1) * batch_size // world)
 
 
+def task_counts(stage: StageConfig) -> tuple[int, int]:
+    """(understanding rows, generation rows) of each global batch of `stage`: its mix, rounded."""
+    n_gen = round(stage.batch_size * stage.mix.get("gen", 0.0) / sum(stage.mix.values()))
+    return stage.batch_size - n_gen, n_gen
+
+
+def rank_share(rows: list, rank: int, world: int) -> tuple[list, int]:
+    """`rank`'s contiguous slice of a global batch's rows plus one stand-in row per task the slice lacks, and
+    the number of real rows (stand-ins come last).
+
+    Every rank must run the same modules each step: FSDP all-gathers a block's weights when the block runs,
+    so a rank that skipped a branch would leave the others waiting in a collective. The stand-in (the global
+    batch's first row of that task) makes the branch run; the trainer gives it zero loss weight.
+    """
+    mine = [rows[i] for i in rank_rows(len(rows), rank, world)]
+    missing = sorted({r.task for r in rows} - {r.task for r in mine})
+    return mine + [next(r for r in rows if r.task == task) for task in missing], len(mine)
+
+
 class SamplePool:
+    """The world source: `pool_size` world samples, their images encoded once."""
+
     def __init__(self, data: DataConfig, image_tokenizer: ImageTokenizer, builder: SequenceBuilder,
                  split: str = "train", encode_batch: int = 256):  # fmt: skip
         self.data, self.builder = data, builder
@@ -71,9 +95,7 @@ class SamplePool:
     def plan(self, stage: StageConfig, stage_index: int, step: int) -> list[RowPlan]:
         """The rows of the global batch of `step` in `stage`: the same on every run, resume and world size."""
         g = torch.Generator().manual_seed(hash((self.data.seed, stage_index, step)) & 0x7FFFFFFF)
-        total = sum(stage.mix.values())
-        n_gen = round(stage.batch_size * stage.mix.get("gen", 0.0) / total)
-        n_und = stage.batch_size - n_gen
+        n_und, _ = task_counts(stage)
         samples = torch.randint(len(self.codes), (stage.batch_size,), generator=g).tolist()
         picks = torch.rand(stage.batch_size, 2, generator=g).tolist()
         rows = []
@@ -102,14 +124,29 @@ class SamplePool:
         return self.builder.collate([self.build(row) for row in self.plan(stage, stage_index, step)])
 
     def rank_batch(self, stage: StageConfig, stage_index: int, step: int, rank: int, world: int) -> RankBatch:
-        """`rank`'s contiguous slice of the global batch, plus one stand-in row per task the slice lacks.
+        """`rank`'s contiguous slice of the global batch, plus stand-in rows (see rank_share)."""
+        rows, real_rows = rank_share(self.plan(stage, stage_index, step), rank, world)
+        return RankBatch(self.builder.collate([self.build(row) for row in rows]), real_rows=real_rows)
 
-        Every rank must run the same modules each step: FSDP all-gathers a block's weights when the block runs,
-        so a rank that skipped a branch would leave the others waiting in a collective. The stand-in (the global
-        batch's first row of that task) makes the branch run; the trainer gives it zero loss weight.
-        """
-        rows = self.plan(stage, stage_index, step)
-        mine = [rows[i] for i in rank_rows(len(rows), rank, world)]
-        missing = sorted({r.task for r in rows} - {r.task for r in mine})
-        stand_ins = [next(r for r in rows if r.task == task) for task in missing]
-        return RankBatch(self.builder.collate([self.build(row) for row in mine + stand_ins]), real_rows=len(mine))
+    def state_dict(self) -> dict:
+        return {}  # batches are a pure function of (seed, stage, step): there is no position to save
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def metrics(self) -> dict:
+        return {}
+
+
+def make_pool(data: DataConfig, image_tokenizer: ImageTokenizer, builder: SequenceBuilder, announce: bool = True):
+    """The batch source of a recipe's [data]: SamplePool for the world, StreamPool for data on disk.
+
+    Both give `rank_batch(stage, stage_index, step, rank, world)`, `state_dict()` / `load_state_dict()` (the
+    data position a checkpoint holds) and `metrics()` (counters for metrics.jsonl). `announce`: print warnings
+    (rank 0 only).
+    """
+    if data.source == "world":
+        return SamplePool(data, image_tokenizer, builder)
+    from unifork.data.pool import StreamPool  # readers load pyarrow/datasets: only when a recipe uses them
+
+    return StreamPool(data, image_tokenizer, builder, announce=announce)

@@ -21,10 +21,24 @@ def lr_at(stage: StageConfig, step: int) -> float:
     return floor + (stage.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def parameter_names(model: UniFork) -> dict[torch.nn.Parameter, list[str]]:
+    """Every name of each parameter. A tied text head (tie_word_embeddings) is one matrix with two names,
+    trunk.text_embed.weight and und.head.weight; named_parameters() would give only the first."""
+    names: dict[torch.nn.Parameter, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(p, []).append(name)
+    return names
+
+
 def set_trainable(model: UniFork, patterns: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """Train the parameters that any name of matches a pattern, freeze the rest.
+
+    So `und.*` trains a tied head, as it trains an untied one; being the text embedding too, it then moves the
+    trunk's input embedding. To keep a tied head frozen, name the branch's parts instead: und.layers.*, und.norm.*.
+    """
     trainable = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+    for p, names in parameter_names(model).items():
+        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for name in names for pat in patterns))
         if p.requires_grad:
             trainable.append(p)
     if not trainable:

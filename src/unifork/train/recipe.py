@@ -1,6 +1,8 @@
 """Training recipes: a TOML file with the model, the data and a list of stages (UniFork trains in stages).
 
 Every key is checked: an unknown key or a wrong type is an error naming the key, not a silent default.
+A recipe either builds a fresh model from its [model] table, or starts from `init_checkpoint` (e.g. the output of
+`unifork fork-hf`), whose config and tokenizers then fix the model; a [model] table may only restate them.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from unifork.data.spec import check_source
 from unifork.errors import UserError
 from unifork.model.config import ModelConfig, named_config
 
 PARAM_GROUPS_HELP = "trunk.*, trunk.projector.*, trunk.layers.*, und.*, gen.*, * (fnmatch patterns over parameter names)"
+# Filled in from the tokenizers, not the [model] table (trainer._model_config), so a size preset says nothing of them.
+TOKENIZER_FIELDS = ("text_vocab_size", "image_vocab_size", "image_tokens", "image_latent_dim")
 
 
 @dataclass(frozen=True)
@@ -26,8 +31,10 @@ class StageConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     mix: dict = field(default_factory=lambda: {"und": 0.5, "gen": 0.5})  # fraction of each batch per task
-    train: tuple = ("*",)  # which parameters train; the rest are frozen
+    train: tuple = ("*",)  # which parameters train; the rest are frozen (a tied head matches und.head.* too)
     save_every: int = 100
+    keep_last: int = 2  # mid-stage checkpoints kept on disk; older ones are deleted after each save
+    max_bad_steps: int = 5  # steps in a row with a non-finite loss or gradient (each skipped) before the run stops
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,9 @@ class DataConfig:
     pool_size: int = 8000  # world samples encoded once by the frozen image tokenizer and reused
     caption_dropout: float = 0.1  # captions replaced by the null condition, for classifier-free guidance
     und_turns: int = 4  # questions packed per understanding example (one image, several answers)
+    # "world" or SCHEME:PATH for data on disk: folder, webdataset, hf, parquet, pretokenized (unifork/data/spec.py)
+    source: str = "world"
+    shuffle_buffer: int = 1000  # data on disk: records held for shuffling (shard order is shuffled too)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class Recipe:
     stages: tuple[StageConfig, ...]
     tokenizer_dir: str = ""  # empty: train (or reuse) one in OUT/tokenizer
     seed: int = 0
+    init_checkpoint: str = ""  # a checkpoint directory to start from (weights, config, tokenizers); empty: fresh
+    model_keys: dict = field(default_factory=dict)  # what [model] stated (a `size` as its keys), checked against it
 
 
 def _check_keys(table: dict, cls, where: str) -> dict:
@@ -67,8 +79,9 @@ def _stage(table: dict, index: int, source: str) -> StageConfig:
     if "train" in table:
         table["train"] = tuple(table["train"])
     stage = StageConfig(**table)
-    if stage.steps < 1 or stage.batch_size < 1:
-        raise UserError(f"{where}: steps and batch_size must be at least 1")
+    for key in ("steps", "batch_size", "save_every", "keep_last", "max_bad_steps"):
+        if getattr(stage, key) < 1:
+            raise UserError(f"{where}: {key} must be at least 1, got {getattr(stage, key)}")
     unknown_tasks = set(stage.mix) - {"und", "gen"}
     if unknown_tasks or not stage.mix or sum(stage.mix.values()) <= 0:
         raise UserError(f"{where}: mix must weight the tasks 'und' and/or 'gen', got {stage.mix}")
@@ -83,18 +96,37 @@ def load_recipe(path: str | Path) -> Recipe:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"invalid TOML in {path}: {err}") from None
-    allowed = {"model", "data", "stages", "tokenizer_dir", "seed"}
+    allowed = {"model", "data", "stages", "tokenizer_dir", "seed", "init_checkpoint"}
     for key in raw:
         if key not in allowed:
             raise UserError(f"unknown key '{key}' in {path}; known keys: {', '.join(sorted(allowed))}")
     model_table = dict(raw.get("model", {}))
-    size = model_table.pop("size", "tiny")
-    model = named_config(size)
+    size = model_table.pop("size", None)
+    model = named_config(size or "tiny")
     model = ModelConfig.from_dict({**model.__dict__, **model_table}, source=f"[model] of {path}")
+    stated = {k: v for k, v in named_config(size).__dict__.items() if k not in TOKENIZER_FIELDS} if size else {}
+    stated.update(model_table)
+    init_checkpoint = raw.get("init_checkpoint", "")
+    if not isinstance(init_checkpoint, str):
+        raise UserError(f"'init_checkpoint' in {path} must be a directory path (a string), got {init_checkpoint!r}")
+    if init_checkpoint and raw.get("tokenizer_dir"):
+        raise UserError(f"{path} sets both init_checkpoint and tokenizer_dir; the checkpoint brings its tokenizers, drop tokenizer_dir")
     data = DataConfig(**_check_keys(raw.get("data", {}), DataConfig, f"[data] of {path}"))
+    check_source(data.source)  # a bad scheme or a missing path fails now, not after the tokenizers train
+    if data.shuffle_buffer < 1:
+        raise UserError(f"[data] shuffle_buffer of {path} must be at least 1, got {data.shuffle_buffer}")
     stages = tuple(_stage(t, i, str(path)) for i, t in enumerate(raw.get("stages", [])))
     if not stages:
         raise UserError(f"{path} defines no [[stages]]")
     if len({s.name for s in stages}) != len(stages):
         raise UserError(f"stage names in {path} must be unique")
-    return Recipe(model=model, data=data, stages=stages, tokenizer_dir=raw.get("tokenizer_dir", ""), seed=raw.get("seed", 0))
+    return Recipe(model=model, data=data, stages=stages, tokenizer_dir=raw.get("tokenizer_dir", ""), seed=raw.get("seed", 0),
+                  init_checkpoint=init_checkpoint, model_keys=stated)  # fmt: skip
+
+
+def check_model_agrees(recipe: Recipe, cfg: ModelConfig, source: str) -> None:
+    """Starting from a checkpoint, the model is the checkpoint's: a [model] table may only restate its values."""
+    for key, value in recipe.model_keys.items():
+        if getattr(cfg, key) != value:
+            raise UserError(f"[model] {key} = {value!r} disagrees with init_checkpoint {source} ({key} = {getattr(cfg, key)!r}); "
+                            "the checkpoint fixes the model: drop the key (or the whole [model] table)")  # fmt: skip

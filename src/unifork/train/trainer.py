@@ -1,17 +1,24 @@
 """The trainer: runs a recipe's stages in order, each starting from the previous stage's weights.
 
-OUT/tokenizer/          text + image tokenizer (trained here unless the recipe names one)
-OUT/stages/<name>/      a full checkpoint per stage + train_state.pt (resume) + DONE when finished
+OUT/tokenizer/          text + image tokenizer (trained here unless the recipe names one or an init_checkpoint)
+OUT/stages/<name>/      step-NNNNNNN/ checkpoints (weights + train_state.pt + manifest) and DONE when finished;
+                        see train/checkpoints.py for why a kill while saving loses nothing
 OUT/checkpoint/         the final model, usable as --ckpt
 OUT/metrics.jsonl       one line per logged step
 
 Under torchrun this is one rank of a data-parallel run (docs/scale.md): each rank trains on its slice of the same
 global batch, and rank 0 writes the same files as a single process, so any world size resumes any other's run.
+
+Faults a long run survives: SIGTERM/SIGINT finish the current step, checkpoint and return (graceful_stop.py); a
+step whose loss or gradient is not finite changes nothing and is logged as skipped, and `max_bad_steps` of them in
+a row stop the run. Resuming restores weights, optimizer moments, random streams and the step, so an interrupted
+run continues bit for bit as if it had not been.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -25,16 +32,30 @@ from tqdm import tqdm
 
 from unifork.atomic import atomic_torch_save, atomic_write_text
 from unifork.errors import UserError
-from unifork.inference.pipeline import save_pretrained
+from unifork.inference.pipeline import (
+    IMAGE_TOKENIZER_DIR,
+    check_compatible,
+    save_pretrained,
+)
+from unifork.manifest import write_manifest
 from unifork.model.checkpoint import load_model
+from unifork.model.config import ModelConfig
 from unifork.model.unifork import TASKS, UniFork
 from unifork.sequences import SequenceBuilder
 from unifork.tokenizers.image import ImageTokenizer
 from unifork.tokenizers.text import TextTokenizer
 from unifork.tokenizers.train_image import train_image_tokenizer
-from unifork.train.data import SamplePool, check_split
+from unifork.train.checkpoints import (
+    DONE_FILE,
+    STATE_FILE,
+    latest_checkpoint,
+    load_train_state,
+    save_checkpoint,
+)
+from unifork.train.data import check_split, make_pool
 from unifork.train.distributed import Ranks, start, stop
 from unifork.train.global_loss import supervised_tokens, task_weights, weighted_loss
+from unifork.train.graceful_stop import GracefulStop
 from unifork.train.optim import lr_at, make_optimizer, set_trainable
 from unifork.train.parallelize import (
     STRATEGIES,
@@ -44,9 +65,8 @@ from unifork.train.parallelize import (
     load_optimizer_state,
     wrap,
 )
-from unifork.train.recipe import Recipe, load_recipe
-
-STATE_FILE = "train_state.pt"
+from unifork.train.recipe import Recipe, check_model_agrees, load_recipe
+from unifork.train.rng import capture_rng, restore_rng
 
 
 def _prepare_tokenizers(recipe: Recipe, out: Path, progress: bool) -> tuple[TextTokenizer, ImageTokenizer]:
@@ -64,57 +84,86 @@ def train(recipe_path: str | Path | Recipe, out: str | Path, resume: bool = Fals
           compile: bool = False) -> Path | None:  # fmt: skip
     """Run every stage of the recipe (a TOML path or a Recipe); returns the final checkpoint directory.
 
-    `max_steps` stops after that many optimizer steps in this call (a time-limited job), checkpointed so that
-    `resume=True` continues exactly; the return value is then None. Launched by torchrun (WORLD_SIZE > 1), this
-    process is one rank of a data-parallel run wrapped by `strategy` ("fsdp" or "ddp"); `compile` applies
-    torch.compile to each block.
+    Returns None when stopped early, checkpointed so that `resume=True` continues exactly: after `max_steps`
+    optimizer steps in this call (a time-limited job), or at the first step boundary after SIGTERM or SIGINT.
+    Launched by torchrun (WORLD_SIZE > 1), this process is one rank of a data-parallel run wrapped by `strategy`
+    ("fsdp" or "ddp"); `compile` applies torch.compile to each block.
     """
     if max_steps is not None and max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {max_steps}")
     if strategy not in STRATEGIES:
         raise UserError(f"unknown --strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
     recipe = recipe_path if isinstance(recipe_path, Recipe) else load_recipe(recipe_path)
+    resume_hint = (f"call train() again with resume=True and out={out}" if isinstance(recipe_path, Recipe)
+                   else f"unifork train --config {recipe_path} --out {out} --resume")  # fmt: skip
     ranks = start(device)
     try:
-        return _train(recipe, Path(out), resume, progress and ranks.is_main, max_steps, ranks, strategy, compile)
+        return _train(recipe, Path(out), resume, progress and ranks.is_main, max_steps, ranks, strategy, compile, resume_hint)
     finally:
         stop(ranks)
 
 
-def _train(recipe: Recipe, out: Path, resume, progress, max_steps, ranks: Ranks, strategy, compile) -> Path | None:
+def _train(recipe: Recipe, out: Path, resume, progress, max_steps, ranks: Ranks, strategy, compile,
+           resume_hint: str) -> Path | None:  # fmt: skip
     stages_dir = out / "stages"
     if stages_dir.exists() and any(stages_dir.iterdir()) and not resume:
         raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
     check_split(recipe.stages, ranks.world)
     with ranks.main_first():  # rank 0 trains the tokenizers if needed, the others then read them
         out.mkdir(parents=True, exist_ok=True)
-        text, image = _prepare_tokenizers(recipe, out, progress)
-    cfg = _model_config(recipe, text, image)
+        text, image, cfg = _tokenizers_and_config(recipe, out, progress)
     builder = SequenceBuilder(text, cfg)
-    pool = SamplePool(recipe.data, image, builder)
+    pool = make_pool(recipe.data, image, builder, announce=ranks.is_main)
     torch.manual_seed(recipe.seed)  # right before init: the initial weights depend on the seed alone
-    model = UniFork(cfg).to(ranks.device)
+    if recipe.init_checkpoint:
+        model = load_model(recipe.init_checkpoint, device=ranks.device)
+    else:
+        model = UniFork(cfg).to(ranks.device)
     budget = [max_steps if max_steps is not None else float("inf")]  # steps left in this call, shared by stages
-    settings = dict(progress=progress, ranks=ranks, budget=budget, strategy=strategy, compile=compile)
-    for index, stage in enumerate(recipe.stages):
-        stage_dir = stages_dir / stage.name
-        if (stage_dir / "DONE").is_file():
-            model = load_model(stage_dir, device=ranks.device)
-            continue
-        model = _run_stage(model, pool, stage, index, stage_dir, out / "metrics.jsonl", text, image, **settings)
-        if not (stage_dir / "DONE").is_file():
-            if ranks.is_main:
-                print(f"stopped after {max_steps} steps in stage '{stage.name}'; continue with --resume and the same --out")
-            return None
+    # Installed only now: a signal while the tokenizers train or the data loads should end the process at once.
+    with GracefulStop() as signals:
+        settings = {"progress": progress, "ranks": ranks, "budget": budget, "strategy": strategy, "compile": compile,
+                    "signals": signals}  # fmt: skip
+        for index, stage in enumerate(recipe.stages):
+            stage_dir = stages_dir / stage.name
+            if (stage_dir / DONE_FILE).is_file():
+                model = _finished_stage(stage_dir, ranks, pool)
+                continue
+            model = _run_stage(model, pool, stage, index, stage_dir, out / "metrics.jsonl", text, image, **settings)
+            if not (stage_dir / DONE_FILE).is_file():
+                if ranks.is_main:
+                    # a signal may have reached another rank only (all stop together)
+                    why = (f"stopped after {max_steps} steps (--max-steps)" if budget[0] <= 0
+                           else f"stopped by {signals.requested or 'a signal to another rank'}")  # fmt: skip
+                    print(f"{why} in stage '{stage.name}', checkpoint {latest_checkpoint(stage_dir)}; "
+                          f"continue with: {resume_hint}", flush=True)  # fmt: skip
+                return None
     final = out / "checkpoint"
     if ranks.is_main:
         tmp = out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_pretrained(tmp, model, text, image)
+        write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     ranks.barrier()
     return final
+
+
+def _tokenizers_and_config(recipe: Recipe, out: Path, progress: bool) -> tuple[TextTokenizer, ImageTokenizer, ModelConfig]:
+    """A fresh model's tokenizers (trained if needed) and config, or those an init_checkpoint brings."""
+    if not recipe.init_checkpoint:
+        text, image = _prepare_tokenizers(recipe, out, progress)
+        return text, image, _model_config(recipe, text, image)
+    directory = Path(recipe.init_checkpoint)
+    if not directory.is_dir():
+        raise UserError(f"init_checkpoint {directory} is not a directory; give a unifork checkpoint, e.g. the --out of `unifork fork-hf`")
+    cfg = ModelConfig.load(directory)
+    check_model_agrees(recipe, cfg, str(directory))
+    text, image = TextTokenizer.load(directory), ImageTokenizer.load(directory / IMAGE_TOKENIZER_DIR)
+    with torch.device("meta"):  # shapes only: the weights are loaded after the data, where a fresh model is built
+        check_compatible(UniFork(cfg), text, image)
+    return text, image, cfg
 
 
 def _model_config(recipe: Recipe, text: TextTokenizer, image: ImageTokenizer):
@@ -128,23 +177,54 @@ def _model_config(recipe: Recipe, text: TextTokenizer, image: ImageTokenizer):
     )
 
 
+def _finished_stage(stage_dir: Path, ranks: Ranks, pool) -> UniFork:
+    """The model a finished stage ended with, and the random streams and data position it ended with, for the
+    stages after it."""
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is None:
+        raise UserError(f"{stage_dir} is marked finished but holds no complete checkpoint; delete {stage_dir} to train that stage again")
+    saved = load_train_state(checkpoint, ranks.device)
+    pool.load_state_dict(saved.get("data", {}))  # a world pool has no position; a stream reads on from here
+    _restore_rng(saved, ranks)
+    return load_model(checkpoint, device=ranks.device)
+
+
+def _restore_rng(saved: dict, ranks: Ranks) -> None:
+    if "rng" in saved:  # runs from before random streams were saved have none to restore
+        restore_rng(saved["rng"], ranks.device)
+
+
 def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, *, progress, ranks: Ranks, budget,
-               strategy, compile):  # fmt: skip
+               strategy, compile, signals: GracefulStop):  # fmt: skip
     """Train one stage from `model` (plain, unwrapped); returns the plain model at the stage's end."""
     start_step, saved = 0, None
-    if (stage_dir / STATE_FILE).is_file():  # resume a stage cut off mid-way, whatever world size wrote it
-        model = load_model(stage_dir, device=ranks.device)
-        saved = torch.load(stage_dir / STATE_FILE, weights_only=True, map_location=ranks.device)
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is not None:  # resume a stage cut off mid-way, whatever world size wrote it
+        try:
+            saved = load_train_state(checkpoint, ranks.device)
+            model = load_model(checkpoint, device=ranks.device)
+        except UserError as err:
+            raise UserError(f"{err}; to resume from the checkpoint before it, delete {checkpoint}") from None
         start_step = saved["step"]
-        if ranks.is_main:
-            _forget_metrics_after(metrics_path, stage.name, start_step)
+    if ranks.is_main:  # lines of steps after the checkpoint (or of a stage never checkpointed) are about to be redone
+        _forget_metrics_after(metrics_path, stage.name, start_step)
     set_trainable(model, stage.train)  # before wrapping: FSDP and DDP read requires_grad when they wrap
     if compile:
         compile_blocks(model)
     step_model = wrap(model, ranks, strategy)
     optimizer = make_optimizer(model, stage)
+    bad_in_a_row = 0  # consecutive skipped steps
     if saved is not None:
         load_optimizer_state(optimizer, saved["optimizer"])
+        pool.load_state_dict(saved.get("data", {}))  # a stream's position: the batches after this step's
+        _restore_rng(saved, ranks)  # last: nothing between here and the first step draws from them
+        bad_in_a_row = saved.get("bad_in_a_row", 0)
+    saved_step = start_step if saved is not None else None  # the step whose checkpoint is on disk already
+
+    def save(step: int) -> None:
+        _save_stage(stage_dir, step, model, step_model, optimizer, text, image, ranks, stage.keep_last, bad_in_a_row,
+                    pool.state_dict())
+
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     model.train()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" else nullcontext()
@@ -153,8 +233,9 @@ def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, 
     # line-buffered: `tail -f` shows every step; only rank 0 logs
     with open(metrics_path if ranks.is_main else os.devnull, "a", buffering=1) as metrics:
         for step in bar:
-            if budget[0] <= 0:  # this call's step budget is spent: checkpoint mid-stage and hand back
-                _save_stage(stage_dir, step, model, step_model, optimizer, text, image, ranks)
+            if _should_stop(budget, signals, ranks):  # checkpoint mid-stage and hand back
+                if step != saved_step:
+                    save(step)
                 return _unwrapped(model, stage_dir, ranks)
             budget[0] -= 1
             for group in optimizer.param_groups:
@@ -169,24 +250,46 @@ def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, 
             optimizer.zero_grad(set_to_none=True)
             weighted_loss(losses, weights).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, stage.grad_clip)  # of the global gradient
-            optimizer.step()
             present = [t for t in TASKS if t in losses]
             means = ranks.all_sum(torch.stack([weights[t] / ranks.world * losses[t].detach().float() for t in present]))
             tokens_seen += int(total[-1])
-            record = {"stage": stage.name, "step": step + 1, "lr": optimizer.param_groups[0]["lr"],
-                      "grad_norm": round(_value(grad_norm), 4),
-                      "tokens_per_s": round(tokens_seen / (time.perf_counter() - t0), 1)}  # fmt: skip
-            record.update({t: round(m.item(), 5) for t, m in zip(present, means)})
-            record["loss"] = round(means.sum().item(), 5)
+            record = {"stage": stage.name, "step": step + 1, "lr": optimizer.param_groups[0]["lr"]}
+            # Every rank sees the same global norm and losses, so all skip together.
+            if math.isfinite(_value(grad_norm)) and bool(torch.isfinite(means).all()):
+                optimizer.step()
+                bad_in_a_row = 0
+                record.update({"grad_norm": round(_value(grad_norm), 4),
+                               "tokens_per_s": round(tokens_seen / (time.perf_counter() - t0), 1)})  # fmt: skip
+                record.update({t: round(m.item(), 5) for t, m in zip(present, means)})
+                record["loss"] = round(means.sum().item(), 5)
+                postfix = {k: f"{record[k]:.3f}" for k in ("und", "gen") if k in record}
+                bar.set_postfix(postfix | {"tok/s": f"{record['tokens_per_s']:.0f}"}, refresh=False)
+            else:  # an update from a NaN/inf gradient would poison every weight it touches: leave them as they are
+                bad_in_a_row += 1
+                record.update({"skipped_nonfinite": True, "bad_in_a_row": bad_in_a_row})
+            record.update(pool.metrics())  # data on disk: images skipped as corrupt so far
             metrics.write(json.dumps(record) + "\n")
-            postfix = {k: f"{record[k]:.3f}" for k in ("und", "gen") if k in record}
-            bar.set_postfix(postfix | {"tok/s": f"{record['tokens_per_s']:.0f}"}, refresh=False)
+            if bad_in_a_row >= stage.max_bad_steps:
+                raise UserError(f"stage '{stage.name}': the loss or gradient was not finite in {bad_in_a_row} steps in a row "
+                                f"(steps {step + 2 - bad_in_a_row}-{step + 1}), none of which changed the model; lower lr "
+                                f"or raise warmup, check the data, then continue from {latest_checkpoint(stage_dir)} with --resume")  # fmt: skip
             if (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
-                _save_stage(stage_dir, step + 1, model, step_model, optimizer, text, image, ranks)
-    _save_stage(stage_dir, stage.steps, model, step_model, optimizer, text, image, ranks)
+                save(step + 1)
+                saved_step = step + 1
+    save(stage.steps)
     if ranks.is_main:
-        (stage_dir / "DONE").write_text("finished\n")
+        atomic_write_text(stage_dir / DONE_FILE, "finished\n")
     return _unwrapped(model, stage_dir, ranks)
+
+
+def _should_stop(budget: list, signals: GracefulStop, ranks: Ranks) -> bool:
+    """This call's step budget is spent, or some rank got SIGTERM/SIGINT: then every rank stops at this step."""
+    if budget[0] <= 0:  # the same on every rank
+        return True
+    if not ranks.distributed:
+        return signals.requested is not None
+    # torchrun signals each rank separately; one that has not seen it yet must still stop with the others
+    return ranks.all_sum(torch.tensor([float(signals.requested is not None)])).item() > 0
 
 
 def _value(norm: torch.Tensor) -> float:
@@ -198,7 +301,7 @@ def _unwrapped(model: UniFork, stage_dir: Path, ranks: Ranks) -> UniFork:
     if not ranks.distributed:
         return model
     ranks.barrier()  # rank 0 has written them
-    return load_model(stage_dir, device=ranks.device)
+    return load_model(latest_checkpoint(stage_dir), device=ranks.device)
 
 
 def _forget_metrics_after(metrics_path: Path, stage_name: str, step: int) -> None:
@@ -210,17 +313,23 @@ def _forget_metrics_after(metrics_path: Path, stage_name: str, step: int) -> Non
     atomic_write_text(metrics_path, "".join(keep))
 
 
-def _save_stage(stage_dir: Path, step: int, model: UniFork, step_model, optimizer, text, image, ranks: Ranks) -> None:
-    if not ranks.distributed:
-        save_pretrained(stage_dir, model, text, image)
-        atomic_torch_save({"optimizer": optimizer.state_dict(), "step": step}, stage_dir / STATE_FILE)
-        return
-    # the single-process format, from the gathered full state; gathering is a collective: every rank takes part
-    weights = full_model_state(step_model)
-    optimizer_state = full_optimizer_state(optimizer)
+def _save_stage(stage_dir: Path, step: int, model: UniFork, step_model, optimizer, text, image, ranks: Ranks,
+                keep_last: int, bad_in_a_row: int, data_state: dict) -> None:  # fmt: skip
+    """Checkpoint `step` into a new step directory, in the single-process format whatever the world size."""
+    if ranks.distributed:  # gathering the full state is a collective: every rank takes part
+        weights, optimizer_state = full_model_state(step_model), full_optimizer_state(optimizer)
+    else:
+        weights, optimizer_state = None, optimizer.state_dict()
     if ranks.is_main:
-        save_pretrained(stage_dir, _holding(model.cfg, weights), text, image)
-        atomic_torch_save({"optimizer": optimizer_state, "step": step}, stage_dir / STATE_FILE)
+        plain = model if weights is None else _holding(model.cfg, weights)
+        state = {"optimizer": optimizer_state, "step": step, "rng": capture_rng(ranks.device), "bad_in_a_row": bad_in_a_row,
+                 "data": data_state}  # fmt: skip
+
+        def write(directory: Path) -> None:
+            save_pretrained(directory, plain, text, image)
+            atomic_torch_save(state, directory / STATE_FILE)
+
+        save_checkpoint(stage_dir, step, write, keep_last)
     ranks.barrier()
 
 
