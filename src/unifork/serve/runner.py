@@ -1,0 +1,95 @@
+"""The model side of the server: what the engine's worker thread runs, and the checks that need the model."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+
+from unifork.inference.pipeline import Pipeline
+from unifork.serve.batched_sampling import CodeRequest, sample_codes_per_request
+from unifork.serve.errors import FieldError
+from unifork.serve.limits import MAX_SEED
+from unifork.serve.schemas import GenerateRequest
+
+ANSWER_TOKENS = 32  # longest answer; the shapes world's answers are a few words
+
+
+@dataclass(frozen=True)
+class GenerateWork:
+    prompt: str
+    n: int
+    cfg: float
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+
+    @classmethod
+    def from_request(cls, body: GenerateRequest) -> GenerateWork:
+        """A request without a seed gets a random one, returned to the client so it can ask again."""
+        seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        return cls(body.prompt, body.n, body.cfg, body.temperature, body.top_k, body.top_p, seed)
+
+
+@dataclass(frozen=True)
+class AskWork:
+    image: Image.Image  # RGB, any size: the pipeline resizes it to the tokenizer's canvas
+    question: str
+
+
+class ModelRunner:
+    def __init__(self, pipe: Pipeline):
+        self.pipe = pipe
+        self.tasks = pipe.model.tasks
+
+    def run_batch(self, kind: str, works: list) -> list:
+        """One result per work: a list of PIL images per GenerateWork, an answer per AskWork."""
+        if kind == "generate":
+            return self.generate(works)
+        if kind == "ask":
+            return self.pipe.ask_batch([w.image for w in works], [w.question for w in works], ANSWER_TOKENS)
+        raise ValueError(f"unknown kind of request: {kind}")
+
+    def generate(self, works: list[GenerateWork]) -> list[list[Image.Image]]:
+        device = self.pipe.device
+        requests = [CodeRequest(w.prompt, w.n, w.cfg, w.temperature, w.top_k, w.top_p,
+                                torch.Generator(device=device).manual_seed(w.seed)) for w in works]  # fmt: skip
+        codes = sample_codes_per_request(self.pipe.model, self.pipe.builder, requests)
+        # Decoded per request, as it would be alone: a convolution's float rounding may depend on the batch it
+        # runs in, and a pixel rounding the other way would break "same seed, same image" for no gain.
+        return [self.pipe.decode_codes(c) for c in codes]
+
+    # --- checks against the model, run on the API side before a request is queued ------------------------------
+
+    def check_prompt(self, prompt: str) -> None:
+        cfg, builder = self.pipe.model.cfg, self.pipe.builder
+        markers = len(builder.generate("").tokens)  # BOS and <img>
+        tokens = len(builder.generate(prompt).tokens) - markers
+        room = cfg.max_seq_len - (cfg.image_tokens - 1) - markers  # the last code is sampled, never fed
+        if tokens > room:
+            raise FieldError("prompt", f"is {tokens} tokens; the model's context of {cfg.max_seq_len} leaves room "
+                                       f"for {room} beside {cfg.image_tokens} image codes")  # fmt: skip
+
+    def check_question(self, question: str) -> None:
+        cfg = self.pipe.model.cfg
+        blank = torch.zeros(cfg.image_tokens, dtype=torch.long)
+        latents = torch.zeros(cfg.image_tokens, cfg.image_latent_dim)
+        width = len(self.pipe.builder.understand(question, blank, latents).tokens)
+        if width >= cfg.max_seq_len:  # the answer needs at least one position
+            raise FieldError("question", f"is too long: with the image it takes {width} tokens of the model's context "
+                                    f"of {cfg.max_seq_len}; shorten it")  # fmt: skip
+
+    def info(self) -> dict:
+        cfg = self.pipe.model.cfg
+        return {
+            "tasks": list(self.tasks),
+            "fork_layer": cfg.fork_layer,
+            "n_layers": cfg.n_layers,
+            "image_size": self.pipe.image_tokenizer.cfg.image_size,
+            "parameters": self.pipe.model.param_counts(),
+            "config": asdict(cfg),
+            "device": str(self.pipe.device),
+        }
