@@ -62,6 +62,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
     from unifork.inference.pipeline import Pipeline, image_grid
 
+    _check_text(args.prompt, "--prompt", "'two red circles'")
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out must be a PNG file path, but {out} is a directory")
@@ -82,6 +83,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 def _cmd_ask(args: argparse.Namespace) -> None:
     from unifork.inference.pipeline import Pipeline
 
+    _check_text(args.question, "--question", "'what color is the circle?'")
     pipe = Pipeline.from_pretrained(args.ckpt, task="und", device=args.device)
     print(pipe.ask(args.image, args.question))  # the answer alone, so scripts can capture it
 
@@ -129,6 +131,17 @@ def _cmd_data_pretokenize(args: argparse.Namespace) -> None:
     print(f"encoded {meta['records'] - meta['corrupt']} images of {args.source} into {len(meta['shards'])} shards in "
           f"{args.out} ({meta['corrupt']} corrupt, kept as skipped rows); train on it with "
           f'[data] source = "pretokenized:{args.out}"')  # fmt: skip
+
+
+def _check_text(text: str, flag: str, example: str) -> None:
+    """A prompt or question from argv: not blank (an unset shell variable), and UTF-8 (argv keeps other bytes as
+    lone surrogates)."""
+    if not text.strip():
+        raise UserError(f"{flag} is empty; give text, e.g. {flag} {example}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{flag} is not valid UTF-8 text: {ascii(text[:80])}") from None
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -351,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as err:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        # One line, printable on any terminal: paths and prompts may hold newlines or undecodable bytes.
+        message = " ".join(str(err).splitlines()).encode("utf-8", "backslashreplace").decode("utf-8")
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -80,10 +80,13 @@ class SequenceBuilder:
         return Example("gen", tokens, kinds, targets)
 
     def collate(self, examples: list[Example]) -> Batch:
-        width = max(len(e.tokens) for e in examples)
+        longest = max(examples, key=lambda e: len(e.tokens))
+        width = len(longest.tokens)
         if width > self.cfg.max_seq_len:
+            what, text = {"gen": ("a prompt", "prompt"), "und": ("an image + question", "question")}[longest.task]
             raise UserError(
-                f"sequence of {width} tokens exceeds the model's context of {self.cfg.max_seq_len}; shorten the text"
+                f"{what} sequence of {width} tokens exceeds the model's context of {self.cfg.max_seq_len}; "
+                f"shorten the {text}"
             )
         b = len(examples)
         tokens = torch.zeros(b, width, dtype=torch.long)

@@ -42,8 +42,8 @@ class EvalSettings:
         for flag, value in counts:
             if not _positive_int(value):
                 raise UserError(f"{flag} must be a positive integer, got {value}")
-        if not (isinstance(self.seed, int) and self.seed >= 0):
-            raise UserError(f"--seed must be a non-negative integer, got {self.seed}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):  # torch seeds are 64-bit
+            raise UserError(f"--seed must be a non-negative integer below 2**63, got {self.seed}")
         if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
             raise UserError(f"--cfg must be a finite number >= 0, got {self.cfg_scale}")
         if self.suite == "und" and self.inception_weights is not None:

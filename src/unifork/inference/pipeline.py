@@ -63,6 +63,8 @@ class Pipeline:
         """Image codes (n, image_tokens) for one prompt; the same seed gives the same codes."""
         if not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
             raise UserError(f"n (the number of images) must be between 1 and {MAX_IMAGES}, got {n}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise UserError(f"seed must be an integer in [0, 2**63), got {seed}")
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return sample_image_codes(self.model, self.builder, [prompt] * n, cfg_scale, temperature, top_k, top_p, generator)
 
@@ -82,6 +84,8 @@ class Pipeline:
     def ask_batch(self, images: list, questions: list[str], max_new_tokens: int = 32) -> list[str]:
         if len(images) != len(questions):
             raise UserError(f"got {len(images)} images but {len(questions)} questions; give one image per question")
+        if not all(isinstance(q, str) and q.strip() for q in questions):
+            raise UserError("a question is empty; ask e.g. 'what color is the circle?'")
         require_branch(self.model, "und")
         canvas = WorldConfig(canvas=self.image_tokenizer.cfg.image_size)
         pixels = np.stack([_to_rgb(img, canvas) for img in images])  # (N, H, W, 3) uint8

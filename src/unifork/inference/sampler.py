@@ -82,7 +82,8 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         # reaches top_p; a token is dropped when the tokens ranked above it already cover top_p.
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs >= top_p  # never the first: its mass before is 0 < top_p
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[..., 0] = False  # the most likely token always stays, even where a tiny top_p rounds to 0 in float32
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
     return logits
 
@@ -92,7 +93,12 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     """One token per row from logits (B, V): argmax at temperature 0, else a draw from the filtered softmax."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    # A tiny temperature (0 once cast to float32) or a huge guidance scale gives +-inf, and softmax of inf is NaN:
+    # divide by at least the smallest normal float32 and clamp to the largest, the limit of the same distribution.
+    # NaN from a broken model still fails loudly.
+    f32 = torch.finfo(torch.float32)
+    scaled = (logits.float() / max(temperature, f32.tiny)).clamp(-f32.max, f32.max)
+    probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
@@ -171,10 +177,10 @@ def answer_questions(model: UniFork, builder: SequenceBuilder, codes: torch.Tens
 def validate_sampling(n: int, cfg_scale: float, temperature: float, top_k: int, top_p: float) -> None:
     """Raise a UserError naming the first sampling setting out of range."""
     checks = [
-        (1 <= n <= MAX_IMAGES, f"n (the number of images) must be between 1 and {MAX_IMAGES}, got {n}"),
+        (_integer(n) and 1 <= n <= MAX_IMAGES, f"n (the number of images) must be between 1 and {MAX_IMAGES}, got {n}"),
         (_finite(cfg_scale) and cfg_scale >= 0, f"cfg_scale must be a finite number >= 0, got {cfg_scale}"),
         (_finite(temperature) and temperature >= 0, f"temperature must be a finite number >= 0, got {temperature}"),
-        (isinstance(top_k, int) and top_k >= 0, f"top_k must be an integer >= 0 (0 = off), got {top_k}"),
+        (_integer(top_k) and top_k >= 0, f"top_k must be an integer >= 0 (0 = off), got {top_k}"),
         (_finite(top_p) and 0 < top_p <= 1, f"top_p must be in (0, 1] (1 = off), got {top_p}"),
     ]  # fmt: skip
     for ok, message in checks:
@@ -189,6 +195,10 @@ def require_branch(model: UniFork, task: str) -> None:
             f"cannot {action}: the '{task}' branch is not loaded (loaded: {', '.join(model.tasks)}); "
             f"load the checkpoint with task='{task}' or with both branches"
         )
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _finite(x) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -32,6 +33,12 @@ class ModelConfig:
     und_input: str = "latents"  # "latents": tokenizer latents through an MLP projector (LLaVA-style); "codes": code embeddings
 
     def __post_init__(self):
+        for f in fields(self):  # every size at least 1 (fork_layer is checked below), every float finite and > 0
+            value = getattr(self, f.name)
+            if f.type == "int" and f.name != "fork_layer" and value < 1:
+                raise UserError(f"invalid model config: {f.name} must be at least 1, got {value}")
+            if f.type == "float" and not 0 < value < math.inf:
+                raise UserError(f"invalid model config: {f.name} must be a finite number > 0, got {value}")
         checks = [
             (0 <= self.fork_layer <= self.n_layers, f"fork_layer must be in [0, n_layers={self.n_layers}], got {self.fork_layer}"),
             (self.d_model % self.n_heads == 0, f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"),
@@ -49,6 +56,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "model config") -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise UserError(f"{source} must be a JSON object of model settings, got {type(d).__name__}")
         known = {f.name: f.type for f in fields(cls)}
         for key, value in d.items():
             if key not in known:
@@ -56,7 +65,10 @@ class ModelConfig:
             expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[known[key]]
             if not isinstance(value, expected) or (isinstance(value, bool) and known[key] != "bool"):
                 raise UserError(f"'{key}' in {source} must be {known[key]}, got {value!r}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except UserError as err:
+            raise UserError(f"{err} (in {source})") from None
 
     def save(self, directory: str | Path) -> None:
         atomic_write_text(Path(directory) / "config.json", json.dumps(asdict(self), indent=2))

@@ -16,12 +16,18 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 class TextTokenizer:
-    """Wraps a `tokenizers.Tokenizer`; byte-level, so any text (unknown words, any script) encodes losslessly."""
+    """Wraps a `tokenizers.Tokenizer`; byte-level, so any text (unknown words, any script) encodes losslessly.
+
+    Marker strings such as "<|eos|>" inside text are encoded as plain text, never as the marker ids: a prompt cannot
+    inject sequence markers. Text that is not valid Unicode (lone surrogates: what Python makes of non-UTF-8
+    bytes in argv or file names) is a UserError.
+    """
 
     def __init__(self, tokenizer: Tokenizer):
         missing = [tok for tok in SPECIAL_TOKENS.values() if tokenizer.token_to_id(tok) is None]
         if missing:
             tokenizer.add_special_tokens(missing)
+        tokenizer.encode_special_tokens = True  # not saved in tokenizer.json: only our encode() sees it
         self.tokenizer = tokenizer
         self.special_ids = {name: tokenizer.token_to_id(tok) for name, tok in SPECIAL_TOKENS.items()}
 
@@ -51,6 +57,13 @@ class TextTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of plain text, without BOS/EOS (sequence builders add those)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise UserError(
+                f"text is not valid Unicode: {text[err.start]!r} at position {err.start} is a lone surrogate, which is "
+                "what non-UTF-8 bytes become; give UTF-8 text"
+            ) from None
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -7,6 +7,7 @@ A recipe either builds a fresh model from its [model] table, or starts from `ini
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -60,6 +61,9 @@ class Recipe:
 
 
 def _check_keys(table: dict, cls, where: str) -> dict:
+    """Every key known, every value of its type; numbers (all counts and rates here) finite and >= 0."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where} must be a table of keys, got {table!r}")
     known = {f.name: f.type for f in fields(cls)}
     for key, value in table.items():
         if key not in known:
@@ -67,6 +71,8 @@ def _check_keys(table: dict, cls, where: str) -> dict:
         expected = {"int": int, "float": (int, float), "str": str, "dict": dict, "tuple": list}.get(known[key])
         if expected and (not isinstance(value, expected) or isinstance(value, bool)):
             raise UserError(f"'{key}' in {where} must be of type {known[key]}, got {value!r}")
+        if known[key] in ("int", "float") and not 0 <= value < math.inf:
+            raise UserError(f"'{key}' in {where} must be a finite number >= 0, got {value!r}")
     return table
 
 
@@ -82,9 +88,13 @@ def _stage(table: dict, index: int, source: str) -> StageConfig:
     for key in ("steps", "batch_size", "save_every", "keep_last", "max_bad_steps"):
         if getattr(stage, key) < 1:
             raise UserError(f"{where}: {key} must be at least 1, got {getattr(stage, key)}")
+    if not all(isinstance(pattern, str) for pattern in stage.train):
+        raise UserError(f"{where}: train must be a list of parameter-name patterns ({PARAM_GROUPS_HELP}), got {list(stage.train)}")
+    weights = list(stage.mix.values())
     unknown_tasks = set(stage.mix) - {"und", "gen"}
-    if unknown_tasks or not stage.mix or sum(stage.mix.values()) <= 0:
-        raise UserError(f"{where}: mix must weight the tasks 'und' and/or 'gen', got {stage.mix}")
+    numbers = all(isinstance(w, int | float) and not isinstance(w, bool) and 0 <= w < math.inf for w in weights)
+    if unknown_tasks or not numbers or sum(weights) <= 0:
+        raise UserError(f"{where}: mix must weight the tasks 'und' and/or 'gen' with numbers >= 0, got {stage.mix}")
     return stage
 
 
@@ -93,13 +103,16 @@ def load_recipe(path: str | Path) -> Recipe:
     if not path.is_file():
         raise UserError(f"no such recipe file: {path}; see configs/ for examples")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"invalid TOML in {path}: {err}") from None
-    allowed = {"model", "data", "stages", "tokenizer_dir", "seed", "init_checkpoint"}
-    for key in raw:
+    allowed = {"model": dict, "data": dict, "stages": list, "tokenizer_dir": str, "seed": int, "init_checkpoint": str}
+    for key, value in raw.items():
         if key not in allowed:
             raise UserError(f"unknown key '{key}' in {path}; known keys: {', '.join(sorted(allowed))}")
+        if not isinstance(value, allowed[key]) or isinstance(value, bool) or (key == "seed" and value < 0):
+            kind = {dict: "a table", list: "an array of tables [[stages]]", str: "a string", int: "an integer >= 0"}
+            raise UserError(f"'{key}' in {path} must be {kind[allowed[key]]}, got {value!r}")
     model_table = dict(raw.get("model", {}))
     size = model_table.pop("size", None)
     model = named_config(size or "tiny")
@@ -107,14 +120,13 @@ def load_recipe(path: str | Path) -> Recipe:
     stated = {k: v for k, v in named_config(size).__dict__.items() if k not in TOKENIZER_FIELDS} if size else {}
     stated.update(model_table)
     init_checkpoint = raw.get("init_checkpoint", "")
-    if not isinstance(init_checkpoint, str):
-        raise UserError(f"'init_checkpoint' in {path} must be a directory path (a string), got {init_checkpoint!r}")
     if init_checkpoint and raw.get("tokenizer_dir"):
         raise UserError(f"{path} sets both init_checkpoint and tokenizer_dir; the checkpoint brings its tokenizers, drop tokenizer_dir")
     data = DataConfig(**_check_keys(raw.get("data", {}), DataConfig, f"[data] of {path}"))
     check_source(data.source)  # a bad scheme or a missing path fails now, not after the tokenizers train
-    if data.shuffle_buffer < 1:
-        raise UserError(f"[data] shuffle_buffer of {path} must be at least 1, got {data.shuffle_buffer}")
+    for key in ("pool_size", "und_turns", "shuffle_buffer"):
+        if getattr(data, key) < 1:
+            raise UserError(f"[data] {key} of {path} must be at least 1, got {getattr(data, key)}")
     stages = tuple(_stage(t, i, str(path)) for i, t in enumerate(raw.get("stages", [])))
     if not stages:
         raise UserError(f"{path} defines no [[stages]]")

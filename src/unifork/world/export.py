@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,18 +46,29 @@ def export_world(out: str | Path, n: int, split: str = "train", seed: int = 0) -
 
 
 def load_image(path: str | Path, cfg: WorldConfig = WorldConfig()) -> np.ndarray:
-    """uint8 (canvas, canvas, 3) RGB from any image file PIL reads (palette, RGBA on white, 16-bit, CMYK, L)."""
+    """uint8 (canvas, canvas, 3) RGB from any image file PIL reads (palette, RGBA on white, 16-bit, CMYK, L).
+
+    A file whose header claims more than PIL's MAX_IMAGE_PIXELS (about 89 megapixels) is refused before any pixel
+    is decoded: a decompression-bomb guard (PIL itself only warns below twice that).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such image file: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return to_canvas_rgb(img, cfg)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # from Image.open: nothing decoded yet
+            with Image.open(path) as img:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # e.g. a truncated TIFF: PIL warns, then decodes what is there
+                    img.load()
+                return to_canvas_rgb(img, cfg)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"image {path} has more than {Image.MAX_IMAGE_PIXELS} pixels, the limit that guards against "
+                        "decompression bombs; downscale it first") from None  # fmt: skip
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Warning) as err:
         if isinstance(err, UserError):
             raise
-        raise UserError(f"not an image file: {path}") from err
+        raise UserError(f"not an image file, or a damaged one: {path}") from err
 
 
 def export_prompt_scenes(out: str | Path, prompt: str, n: int, seed: int = 0) -> int:

@@ -79,12 +79,18 @@ def _normalize(text: str) -> str:
     return re.sub(r"^an? (photo|image|picture) of(\s+|$)", "", text)
 
 
+def _short(text: str, limit: int = 80) -> str:
+    """Text quoted in an error message, cut so that a 100 kB prompt still gives a readable line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _parse_phrase(words: list[str], prompt: str) -> ObjectGroup:
     if not words:
         raise UserError(f"empty phrase in prompt '{prompt}'; write e.g. 'a red circle and a blue square'")
     count = 1
-    if words[0] in _COUNTS or words[0].isdigit():
-        count = _COUNTS[words[0]] if words[0] in _COUNTS else int(words[0])
+    if words[0] in _COUNTS or (words[0].isascii() and words[0].isdigit()):  # "²".isdigit() too, but int() fails
+        # nine digits are far past MAX_OBJECTS already; int() of thousands of digits would fail
+        count = _COUNTS[words[0]] if words[0] in _COUNTS else int((words[0].lstrip("0") or "0")[:9])
         words = words[1:]
     if count < 1:
         raise UserError(f"a count must be at least one in prompt '{prompt}'")
@@ -93,7 +99,7 @@ def _parse_phrase(words: list[str], prompt: str) -> ObjectGroup:
     if not words or words[-1] in COLORS or words[-1] in SIZES:
         raise UserError(f"missing shape in prompt '{prompt}'; known shapes: {', '.join(SHAPES)}")
     if words[-1] not in _SHAPE_WORDS:
-        raise UserError(f"unknown shape '{words[-1]}' in prompt '{prompt}'; known shapes: {', '.join(SHAPES)}")
+        raise UserError(f"unknown shape '{_short(words[-1])}' in prompt '{prompt}'; known shapes: {', '.join(SHAPES)}")
     color = size = None
     for word in words[:-1]:
         if word in SIZES and size is None:
@@ -103,7 +109,7 @@ def _parse_phrase(words: list[str], prompt: str) -> ObjectGroup:
         elif word in SIZES or word in COLORS:
             raise UserError(f"more than one {'size' if word in SIZES else 'color'} for one object in prompt '{prompt}'")
         else:
-            raise UserError(f"unknown color '{word}' in prompt '{prompt}'; known colors: {', '.join(COLORS)}")
+            raise UserError(f"unknown color '{_short(word)}' in prompt '{prompt}'; known colors: {', '.join(COLORS)}")
     return ObjectGroup(count, color, _SHAPE_WORDS[words[-1]], size)
 
 
@@ -111,7 +117,7 @@ def parse_prompt(text: str) -> PromptSpec:
     """The spec of a prompt in the caption grammar; UserError naming the first word it cannot read."""
     if not isinstance(text, str) or not _normalize(text):
         raise UserError("empty prompt; write e.g. 'a red circle to the left of a blue square'")
-    shown, norm = " ".join(text.split()), _normalize(text)
+    shown, norm = _short(" ".join(text.split())), _normalize(text)
     parts = _RELATION_RE.split(norm)  # [left, relation, right, ...]
     if len(parts) > 3:
         raise UserError(f"a prompt states at most one relation, got {len(parts) // 2} in '{shown}'")
