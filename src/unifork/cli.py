@@ -192,8 +192,15 @@ def _cmd_loadtest(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Flag mistakes as one line too (argparse prints the whole usage first); subcommands inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unifork", description=__doc__)
+    parser = _Parser(prog="unifork", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -240,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="sample images for a text prompt from a checkpoint")
     gen.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
-    gen.add_argument("--prompt", required=True, help="caption to draw, e.g. 'two red circles'")
+    gen.add_argument("--prompt", required=True, help="caption to draw (not empty), e.g. 'two red circles'")
     gen.add_argument("--n", type=int, default=4, help="number of images")
     gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = no guidance)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")

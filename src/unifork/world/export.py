@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -49,19 +50,21 @@ def load_image(path: str | Path, cfg: WorldConfig = WorldConfig()) -> np.ndarray
     """uint8 (canvas, canvas, 3) RGB from any image file PIL reads (palette, RGBA on white, 16-bit, CMYK, L).
 
     A file whose header claims more than PIL's MAX_IMAGE_PIXELS (about 89 megapixels) is refused before any pixel
-    is decoded: a decompression-bomb guard (PIL itself only warns below twice that).
+    is decoded: a decompression-bomb guard (PIL itself only warns below twice that). A file PIL warns about while
+    decoding (a truncated TIFF, corrupt metadata) is refused as damaged.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such image file: {path}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # from Image.open: nothing decoded yet
-            with Image.open(path) as img:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error")  # e.g. a truncated TIFF: PIL warns, then decodes what is there
-                    img.load()
-                return to_canvas_rgb(img, cfg)
+        with ExitStack() as open_image:
+            # PIL only warns, then carries on, for too many pixels (at open, nothing decoded yet) or a damaged file
+            # such as a truncated TIFF (at open or load): refuse both, so a warning never reaches the user as well.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                img = open_image.enter_context(Image.open(path))
+                img.load()
+            return to_canvas_rgb(img, cfg)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"image {path} has more than {Image.MAX_IMAGE_PIXELS} pixels, the limit that guards against "
                         "decompression bombs; downscale it first") from None  # fmt: skip
