@@ -1,8 +1,10 @@
-"""Fixtures shared by the training and quickstart tests."""
+"""Fixtures shared across test files: tokenizers for training runs, a tiny random checkpoint for inference."""
 
 import pytest
 import torch
 
+from unifork.inference.pipeline import save_pretrained
+from unifork.model import UniFork, named_config
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from unifork.tokenizers.text import TextTokenizer, world_corpus
 
@@ -15,3 +17,27 @@ def tokenizer_dir(tmp_path_factory):
     torch.manual_seed(0)
     ImageTokenizer(ImageTokenizerConfig(channels=(16, 32, 64))).save(out)
     return out
+
+
+def tiny_checkpoint(out):
+    """A random debug-size checkpoint with an untrained 32 px image tokenizer (a 4 x 4 grid, 16 codes per image,
+    keeps every sampling loop short): inference, serving and evaluation mechanics need no training."""
+    text = TextTokenizer.train(world_corpus(150), vocab_size=320)
+    torch.manual_seed(0)  # before the image tokenizer too: the same checkpoint on every run
+    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=(16, 32, 64))).eval()
+    icfg = image.cfg
+    cfg = named_config("debug", text_vocab_size=text.vocab_size, image_vocab_size=icfg.num_codes,
+                       image_tokens=icfg.grid**2, image_latent_dim=icfg.latent_dim)  # fmt: skip
+    torch.manual_seed(0)
+    model = UniFork(cfg).eval()
+    with torch.no_grad():  # larger weights than the init: peaked logits, so outputs depend on the prompt
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.1)
+    save_pretrained(out, model, text, image)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))

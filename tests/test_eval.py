@@ -20,11 +20,7 @@ from unifork.eval.caption_match import caption_match
 from unifork.eval.geneval import evaluate_generation
 from unifork.eval.image_quality import domain_fid, require_inception_fid
 from unifork.eval.stats import rates, wilson_interval
-from unifork.inference import Pipeline, save_pretrained
-from unifork.model.config import named_config
-from unifork.model.unifork import UniFork
-from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
-from unifork.tokenizers.text import TextTokenizer, world_corpus
+from unifork.inference import Pipeline
 from unifork.world import CATEGORIES, World
 
 # The shipped recipe (1000 steps) takes ~40 s; this one learns colors but not yet shapes, in ~8 s. Measured
@@ -39,21 +35,6 @@ def classifier_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     model, info = load_or_train_attribute_classifier(root, QUICK)
     return root, model, info
-
-
-@pytest.fixture(scope="session")
-def ckpt(tmp_path_factory):
-    """A random debug-size checkpoint with an untrained 32 px image tokenizer (as in test_inference.py)."""
-    text = TextTokenizer.train(world_corpus(150), vocab_size=320)
-    torch.manual_seed(0)
-    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=(16, 32, 64))).eval()
-    icfg = image.cfg
-    cfg = named_config("debug", text_vocab_size=text.vocab_size, image_vocab_size=icfg.num_codes,
-                       image_tokens=icfg.grid**2, image_latent_dim=icfg.latent_dim)  # fmt: skip
-    model = UniFork(cfg).eval()
-    out = tmp_path_factory.mktemp("ckpt")
-    save_pretrained(out, model, text, image)
-    return out
 
 
 def record_loads(monkeypatch) -> list:

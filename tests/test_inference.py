@@ -10,37 +10,14 @@ from PIL import Image
 
 from unifork.cli import main
 from unifork.errors import UserError
-from unifork.inference import Pipeline, answer_questions, sample_image_codes, save_pretrained
+from unifork.inference import Pipeline, answer_questions, sample_image_codes
 from unifork.inference.sampler import decode_one, filter_logits, prefill, sample_next
-from unifork.model.config import named_config
-from unifork.model.unifork import CODE, IGNORE, TEXT, UniFork
+from unifork.model.unifork import CODE, IGNORE, TEXT
 from unifork.sequences import Example
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
-from unifork.tokenizers.text import TextTokenizer, world_corpus
 
 CAPTIONS = ["red", "two large blue squares to the left of a green circle", "a small orange cross"]
 QUESTIONS = ["how many?", "what color is the large square on the left?", "is there a cross?"]
-
-
-@pytest.fixture(scope="session")
-def ckpt(tmp_path_factory):
-    """A random debug-size checkpoint with an untrained image tokenizer: mechanics need no training."""
-    text = TextTokenizer.train(world_corpus(150), vocab_size=320)
-    torch.manual_seed(0)  # before the image tokenizer too: the same checkpoint on every run
-    # 32 px images: a 4 x 4 grid, 16 codes per image, keeps every sampling loop short
-    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=(16, 32, 64))).eval()
-    icfg = image.cfg
-    cfg = named_config("debug", text_vocab_size=text.vocab_size, image_vocab_size=icfg.num_codes,
-                       image_tokens=icfg.grid**2, image_latent_dim=icfg.latent_dim)  # fmt: skip
-    torch.manual_seed(0)
-    model = UniFork(cfg).eval()
-    with torch.no_grad():  # larger weights than the init: peaked logits, so outputs depend on the prompt
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0, 0.1)
-    out = tmp_path_factory.mktemp("ckpt")
-    save_pretrained(out, model, text, image)
-    return out
 
 
 @pytest.fixture(scope="session")

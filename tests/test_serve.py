@@ -15,35 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from unifork.cli import main
 from unifork.errors import UserError
-from unifork.inference import Pipeline, save_pretrained
-from unifork.model.config import named_config
-from unifork.model.unifork import UniFork
+from unifork.inference import Pipeline
 from unifork.serve.loadtest import loadtest
-from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
-from unifork.tokenizers.text import TextTokenizer, world_corpus
-
-
-def tiny_checkpoint(out):
-    """A random debug-size checkpoint, 32 px images (16 codes each): serving mechanics need no training."""
-    text = TextTokenizer.train(world_corpus(150), vocab_size=320)
-    torch.manual_seed(0)
-    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=(16, 32, 64))).eval()
-    icfg = image.cfg
-    cfg = named_config("debug", text_vocab_size=text.vocab_size, image_vocab_size=icfg.num_codes,
-                       image_tokens=icfg.grid**2, image_latent_dim=icfg.latent_dim)  # fmt: skip
-    torch.manual_seed(0)
-    model = UniFork(cfg).eval()
-    with torch.no_grad():  # larger weights than the init: peaked logits, so outputs depend on the prompt
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0, 0.1)
-    save_pretrained(out, model, text, image)
-    return out
 
 
 def free_port() -> int:
@@ -82,11 +59,6 @@ class running_server:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("serve_ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ if chromium_paths() is None:
 
 
 def test_prompt_generate_and_images_appear(tmp_path):
-    from test_serve import running_server, tiny_checkpoint
+    from conftest import tiny_checkpoint
+    from test_serve import running_server
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     with running_server(ckpt, "--task", "gen") as url:

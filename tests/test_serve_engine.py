@@ -153,7 +153,7 @@ def test_a_failing_request_fails_only_itself(stand_in):
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    from test_serve import tiny_checkpoint
+    from conftest import tiny_checkpoint
 
     return Pipeline.from_pretrained(tiny_checkpoint(tmp_path_factory.mktemp("engine_ckpt")))
 
