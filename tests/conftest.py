@@ -9,6 +9,16 @@ from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from unifork.tokenizers.text import TextTokenizer, world_corpus
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Debug-size tensors gain nothing from intra-op threads; on a busy 2-core machine they cost 10x the time.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     """A text tokenizer trained on a little world text and an untrained image tokenizer: enough for mechanics."""

@@ -24,13 +24,7 @@ HEADLINES = ("kv_cache_speedup", "hf_generate_speedup", "fork_step_ratio", "mixe
              "task_only_memory_ratio")  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Debug-size tensors gain nothing from intra-op threads; on a busy 2-core machine they cost 10x the time."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
