@@ -1,4 +1,5 @@
-"""Optimizer and schedule: AdamW over the parameters a stage trains (the rest frozen), warmup + cosine."""
+"""Optimizer and schedule over the parameters a stage trains (the rest frozen): AdamW, or Muon on the blocks'
+matrices with AdamW on the rest (muon.py); warmup + cosine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from unifork.errors import UserError
 from unifork.model.unifork import UniFork
+from unifork.train.muon import MuonWithAdamW
 from unifork.train.recipe import PARAM_GROUPS_HELP, StageConfig
 
 
@@ -46,9 +48,21 @@ def set_trainable(model: UniFork, patterns: tuple[str, ...]) -> list[torch.nn.Pa
     return trainable
 
 
-def make_optimizer(model: UniFork, stage: StageConfig) -> torch.optim.AdamW:
+def check_optimizer_strategy(stages: tuple[StageConfig, ...], distributed: bool, strategy: str) -> None:
+    """Muon orthogonalises whole matrices; FSDP gives each rank a shard of them."""
+    if distributed and strategy == "fsdp" and any(stage.optimizer == "muon" for stage in stages):
+        raise UserError("optimizer = 'muon' needs whole weight matrices on every rank; use --strategy ddp (FSDP shards them)")
+
+
+def make_optimizer(model: UniFork, stage: StageConfig) -> torch.optim.AdamW | MuonWithAdamW:
     params = set_trainable(model, stage.train)
-    decay = [p for p in params if p.ndim >= 2]  # no weight decay on norms and biases
-    no_decay = [p for p in params if p.ndim < 2]
+    # Muon takes the 2-D weights inside transformer blocks; embeddings, heads, projector, norms, biases stay on AdamW.
+    in_blocks = {p for p, names in parameter_names(model).items() if p.ndim == 2 and ".layers." in names[0]}
+    matrices = [p for p in params if p in in_blocks] if stage.optimizer == "muon" else []
+    rest = [p for p in params if p not in set(matrices)]
+    decay = [p for p in rest if p.ndim >= 2]  # no weight decay on norms and biases
+    no_decay = [p for p in rest if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if matrices:
+        return MuonWithAdamW(matrices, groups, lr=stage.lr, weight_decay=stage.weight_decay)
     return torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.95), fused=False)

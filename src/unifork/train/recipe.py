@@ -17,6 +17,7 @@ from unifork.errors import UserError
 from unifork.model.config import ModelConfig, named_config
 
 PARAM_GROUPS_HELP = "trunk.*, trunk.projector.*, trunk.layers.*, und.*, gen.*, * (fnmatch patterns over parameter names)"
+OPTIMIZERS = ("adamw", "muon")
 # Filled in from the tokenizers, not the [model] table (trainer._model_config), so a size preset says nothing of them.
 TOKENIZER_FIELDS = ("text_vocab_size", "image_vocab_size", "image_tokens", "image_latent_dim")
 
@@ -36,6 +37,7 @@ class StageConfig:
     save_every: int = 100
     keep_last: int = 2  # mid-stage checkpoints kept on disk; older ones are deleted after each save
     max_bad_steps: int = 5  # steps in a row with a non-finite loss or gradient (each skipped) before the run stops
+    optimizer: str = "adamw"  # or "muon": Muon on the blocks' matrices, AdamW on the rest (train/muon.py)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ def _stage(table: dict, index: int, source: str) -> StageConfig:
             raise UserError(f"{where}: {key} must be at least 1, got {getattr(stage, key)}")
     if not all(isinstance(pattern, str) for pattern in stage.train):
         raise UserError(f"{where}: train must be a list of parameter-name patterns ({PARAM_GROUPS_HELP}), got {list(stage.train)}")
+    if stage.optimizer not in OPTIMIZERS:
+        raise UserError(f"{where}: optimizer must be one of {', '.join(OPTIMIZERS)}, got '{stage.optimizer}'")
     weights = list(stage.mix.values())
     unknown_tasks = set(stage.mix) - {"und", "gen"}
     numbers = all(isinstance(w, int | float) and not isinstance(w, bool) and 0 <= w < math.inf for w in weights)

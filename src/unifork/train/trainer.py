@@ -56,7 +56,12 @@ from unifork.train.data import check_split, make_pool
 from unifork.train.distributed import Ranks, start, stop
 from unifork.train.global_loss import supervised_tokens, task_weights, weighted_loss
 from unifork.train.graceful_stop import GracefulStop
-from unifork.train.optim import lr_at, make_optimizer, set_trainable
+from unifork.train.optim import (
+    check_optimizer_strategy,
+    lr_at,
+    make_optimizer,
+    set_trainable,
+)
 from unifork.train.parallelize import (
     STRATEGIES,
     compile_blocks,
@@ -109,6 +114,7 @@ def _train(recipe: Recipe, out: Path, resume, progress, max_steps, ranks: Ranks,
     if stages_dir.exists() and any(stages_dir.iterdir()) and not resume:
         raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
     check_split(recipe.stages, ranks.world)
+    check_optimizer_strategy(recipe.stages, ranks.distributed, strategy)
     with ranks.main_first():  # rank 0 trains the tokenizers if needed, the others then read them
         out.mkdir(parents=True, exist_ok=True)
         text, image, cfg = _tokenizers_and_config(recipe, out, progress)
@@ -215,7 +221,11 @@ def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, 
     optimizer = make_optimizer(model, stage)
     bad_in_a_row = 0  # consecutive skipped steps
     if saved is not None:
-        load_optimizer_state(optimizer, saved["optimizer"])
+        try:
+            load_optimizer_state(optimizer, saved["optimizer"])
+        except (ValueError, KeyError, StopIteration) as err:
+            raise UserError(f"the optimizer state in {checkpoint} does not fit stage '{stage.name}' (was its optimizer or "
+                            f"its train list changed?): {err}; restore the recipe or delete {checkpoint}") from None
         pool.load_state_dict(saved.get("data", {}))  # a stream's position: the batches after this step's
         _restore_rng(saved, ranks)  # last: nothing between here and the first step draws from them
         bad_in_a_row = saved.get("bad_in_a_row", 0)
