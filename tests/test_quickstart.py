@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from unifork.quickstart import quickstart
+from unifork.quickstart import CFG_SCALE, quickstart
 
 RECIPE = """
 tokenizer_dir = "{tok}"
@@ -39,12 +39,14 @@ def test_quickstart_writes_report_and_a_usable_checkpoint(tmp_path, tokenizer_di
     assert set(saved["vqa"]["by_type"]) <= {"color", "shape", "count", "relation", "what_left", "describe"}
     expected = {"overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"}
     assert set(saved["gen"]["accuracy"]) == expected and set(saved["gen"]["exact"]["accuracy"]) == expected
+    assert saved["gen"]["cfg_scale"] == CFG_SCALE
     n_layers = saved["n_layers"]
     assert len(saved["alignment"]["und"]) == len(saved["alignment"]["gen"]) == n_layers + 1
     assert saved["wall_seconds"] > 0
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") > 10 and "Training loss per task" in page
     assert "Image-text alignment per layer" in page and (out / "alignment.png").stat().st_size > 0
+    assert "classifier-free guidance scale" in page
 
     ckpt = out / "checkpoint"
     ask = subprocess.run([sys.executable, "-m", "unifork.cli", "ask", "--ckpt", str(ckpt), "--image",

@@ -59,6 +59,8 @@ def write_report(out: Path, report: dict, gen_samples: list[dict], vqa_examples:
     metric_rows = [("wall time (s)", report["wall_seconds"]), ("VQA accuracy (test scenes)", report["vqa"]["accuracy"])]
     metric_rows += [(f"VQA {k}", v) for k, v in report["vqa"]["by_type"].items()]
     metric_rows += [("VQA accuracy (held-out compositions)", report["vqa_heldout"]["accuracy"])]
+    if "cfg_scale" in report["gen"]:
+        metric_rows += [("generation: classifier-free guidance scale", report["gen"]["cfg_scale"])]
     metric_rows += [(f"generation exact {k}", v) for k, v in report["gen"]["exact"]["accuracy"].items()]
     metric_rows += [(f"generation (GenEval rules) {k}", v) for k, v in report["gen"]["accuracy"].items()]
     metric_rows += [("generation overall (held-out compositions)", report["gen_heldout"]["accuracy"]["overall"])]
