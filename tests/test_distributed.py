@@ -79,14 +79,14 @@ def losses(run: Path) -> list[tuple]:
     return [(r["stage"], r["step"], r.get("und"), r.get("gen"), r["loss"]) for r in records]
 
 
-def assert_same_training(a: Path, b: Path, weight_tol: float = 1e-5) -> None:
+def assert_same_training(a: Path, b: Path) -> None:
     la, lb = losses(a), losses(b)
     assert [r[:2] for r in la] == [r[:2] for r in lb]
     for ra, rb in zip(la, lb):  # the log holds 5 decimals: values a rounding step apart differ by 1e-5
         assert ra[2:] == pytest.approx(rb[2:], abs=1.01e-5), (ra, rb)
     wa, wb = load_file(str(a / "checkpoint" / "model.safetensors")), load_file(str(b / "checkpoint" / "model.safetensors"))
     assert wa.keys() == wb.keys()
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= weight_tol
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
 @pytest.mark.parametrize("run", ["fsdp", "ddp"])
@@ -95,11 +95,9 @@ def test_two_processes_match_one(runs, run):
 
 
 def test_two_processes_match_one_under_muon(runs):
-    """Losses to 1e-5 as under AdamW; weights to 1e-3 only: torch.optim.Muon orthogonalises in bfloat16, whose
-    rounding turns the ~1e-7 differences of an all-reduced gradient into ~1e-4 (measured 4.3e-4 after 4 steps).
-    A rank stepping on its own half of the batch instead moves weights by ~lr * steps (4e-3 here) and its
-    losses apart from step 2."""
-    assert_same_training(runs / "one_muon", runs / "ddp_muon", weight_tol=1e-3)
+    """As under AdamW (measured 3.8e-7 on the weights). torch.optim.Muon, whose Newton-Schulz runs in bfloat16,
+    was 4.3e-4 apart; ranks that do not all-reduce their gradients are 4e-3 apart in the loss of step 2."""
+    assert_same_training(runs / "one_muon", runs / "ddp_muon")
 
 
 @pytest.mark.parametrize("run", ["cut2", "cut1"])

@@ -10,6 +10,7 @@ from test_train import write_recipe
 from unifork.errors import UserError
 from unifork.model import UniFork
 from unifork.model.config import named_config
+from unifork.train.muon import Muon, orthogonalize
 from unifork.train.optim import check_optimizer_strategy, make_optimizer
 from unifork.train.recipe import StageConfig, load_recipe
 from unifork.train.trainer import train
@@ -34,6 +35,40 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     opt = make_optimizer(model, StageConfig(name="s", steps=1, optimizer="muon", train=("trunk.projector.*", "und.*")))
     trained = {names[p] for g in opt.param_groups for p in g["params"]}
     assert trained == {n for n in names.values() if n.startswith(("trunk.projector.", "und."))}
+
+
+def test_orthogonalize_brings_singular_values_near_one():
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(3, 32, 32))
+    v, _ = torch.linalg.qr(torch.randn(3, 80, 32))
+    s = torch.logspace(-1, 1, 32).expand(3, 32)  # singular values over two decades (five steps lift ~3 decades)
+    x = u @ torch.diag_embed(s) @ v.mT  # (3, 32, 80)
+    o = orthogonalize(x)
+    assert o.shape == x.shape and o.dtype == torch.float32
+    singular = torch.linalg.svdvals(o)
+    assert singular.min() > 0.5 and singular.max() < 1.5, singular
+    polar = u @ v.mT  # the exact orthogonalisation U V^T, which Muon approximates
+    assert torch.nn.functional.cosine_similarity(o.flatten(1), polar.flatten(1)).min() > 0.9
+
+
+def test_our_muon_steps_as_torch_muon_does():
+    """Same update as torch.optim.Muon (match_rms_adamw), which differs only by its bfloat16 Newton-Schulz."""
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 48), (32, 32), (16, 48)]  # tall, wide, square, and two of one shape (batched)
+    ours, theirs = [torch.nn.Parameter(torch.randn(*s) * 0.1) for s in shapes], []
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt_ours = Muon(ours, lr=0.01, weight_decay=0.1)
+    opt_theirs = torch.optim.Muon(theirs, lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    start = [p.detach().clone() for p in ours]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in ours]
+        for a, b, g in zip(ours, theirs, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+    for a, b, p0 in zip(ours, theirs, start):
+        moved = (b - p0).abs().max()
+        assert moved > 1e-3 and (a - b).abs().max() < 0.03 * moved  # bf16 rounding of theirs, nothing more
 
 
 def test_muon_state_dict_round_trips_in_the_single_optimizer_format():
