@@ -58,8 +58,9 @@ def make_optimizer(model: UniFork, stage: StageConfig) -> torch.optim.AdamW | Mu
     params = set_trainable(model, stage.train)
     # Muon takes the 2-D weights inside transformer blocks; embeddings, heads, projector, norms, biases stay on AdamW.
     in_blocks = {p for p, names in parameter_names(model).items() if p.ndim == 2 and ".layers." in names[0]}
-    matrices = [p for p in params if p in in_blocks] if stage.optimizer == "muon" else []
-    rest = [p for p in params if p not in set(matrices)]
+    on_muon = in_blocks if stage.optimizer == "muon" else set()
+    matrices = [p for p in params if p in on_muon]
+    rest = [p for p in params if p not in on_muon]
     decay = [p for p in rest if p.ndim >= 2]  # no weight decay on norms and biases
     no_decay = [p for p in rest if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
