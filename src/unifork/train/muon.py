@@ -39,6 +39,7 @@ class Muon(torch.optim.Optimizer):
     "match_rms_adamw" lr scale), written here because torch's runs Newton-Schulz in bfloat16, one matrix at a
     time: on this CPU (no bf16 units) a step over the tiny model's 63 matrices took 42 ms that way and 31 ms here,
     in float32 and batched over matrices of one shape (2 threads, the quickstart's; at 1 thread 45 vs 53 ms).
+    Float32 also keeps 2 DDP processes equal to 1: weights 3.8e-7 apart after 4 steps, against 4.3e-4 in bf16.
     """
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.95, ns_steps: int = 5):
