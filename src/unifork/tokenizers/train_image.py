@@ -88,9 +88,10 @@ def train_image_tokenizer(out: str | Path, steps: int | None = None, seed: int =
 
     train_images, train_scenes = world_data("train", recipe.n_train_images, seed=seed)
     model = ImageTokenizer(recipe.model)
-    train_labels = cell_labels(train_scenes, model.cfg.grid)
     semantic = SemanticHead(model.cfg.latent_dim)  # trained alongside, then dropped
-    params = [*model.parameters(), *semantic.parameters()]
+    if recipe.semantic_weight:
+        train_labels = cell_labels(train_scenes, model.cfg.grid)
+    params = [*model.parameters(), *(semantic.parameters() if recipe.semantic_weight else ())]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=(0.9, 0.99), weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     bar = tqdm(range(recipe.steps), desc="image tokenizer", disable=not progress, mininterval=1.0)

@@ -80,10 +80,9 @@ class MuonWithAdamW:
     through AdamW's parameters, then Muon's, so checkpoint code that maps ids to parameters works unchanged.
     """
 
-    def __init__(self, matrices: list[torch.nn.Parameter], other_groups: list[dict], lr: float, weight_decay: float):
-        self.adamw = torch.optim.AdamW(other_groups, lr=lr, betas=(0.9, 0.95), fused=False)
-        self.muon = Muon(matrices, lr=lr, weight_decay=weight_decay)
-        self.parts = (self.adamw, self.muon)
+    def __init__(self, adamw: torch.optim.Optimizer, muon: Muon):
+        self.adamw, self.muon = adamw, muon
+        self.parts = (adamw, muon)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -107,6 +106,8 @@ class MuonWithAdamW:
         return merged
 
     def load_state_dict(self, saved: dict) -> None:
+        if len(saved["param_groups"]) != len(self.param_groups):  # as torch's optimizers check
+            raise ValueError(f"saved state has {len(saved['param_groups'])} parameter groups, this optimizer {len(self.param_groups)}")
         groups, offset = iter(saved["param_groups"]), 0
         for part in self.parts:
             mine = [next(groups) for _ in part.param_groups]

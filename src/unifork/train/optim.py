@@ -10,7 +10,7 @@ import torch
 
 from unifork.errors import UserError
 from unifork.model.unifork import UniFork
-from unifork.train.muon import MuonWithAdamW
+from unifork.train.muon import Muon, MuonWithAdamW
 from unifork.train.recipe import PARAM_GROUPS_HELP, StageConfig
 
 
@@ -64,6 +64,7 @@ def make_optimizer(model: UniFork, stage: StageConfig) -> torch.optim.AdamW | Mu
     decay = [p for p in rest if p.ndim >= 2]  # no weight decay on norms and biases
     no_decay = [p for p in rest if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    adamw = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.95), fused=False)
     if matrices:
-        return MuonWithAdamW(matrices, groups, lr=stage.lr, weight_decay=stage.weight_decay)
-    return torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.95), fused=False)
+        return MuonWithAdamW(adamw, Muon(matrices, lr=stage.lr, weight_decay=stage.weight_decay))
+    return adamw

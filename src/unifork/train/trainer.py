@@ -223,7 +223,7 @@ def _run_stage(model, pool, stage, index, stage_dir, metrics_path, text, image, 
     if saved is not None:
         try:
             load_optimizer_state(optimizer, saved["optimizer"])
-        except (ValueError, KeyError, StopIteration) as err:
+        except (ValueError, KeyError) as err:
             raise UserError(f"the optimizer state in {checkpoint} does not fit stage '{stage.name}' (was its optimizer or "
                             f"its train list changed?): {err}; restore the recipe or delete {checkpoint}") from None
         pool.load_state_dict(saved.get("data", {}))  # a stream's position: the batches after this step's
