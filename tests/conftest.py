@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from unifork.inference.pipeline import save_pretrained
+from unifork.checkpoint import save_pretrained
 from unifork.model import UniFork, named_config
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from unifork.tokenizers.text import TextTokenizer, world_corpus

@@ -17,7 +17,8 @@ from unifork.analysis.model_alignment import (caption_masks, generate_from_capti
 from unifork.analysis.pooling import pool
 from unifork.cli import main
 from unifork.errors import UserError
-from unifork.inference import Pipeline, save_pretrained
+from unifork.checkpoint import save_pretrained
+from unifork.inference import Pipeline
 from unifork.model.config import named_config
 from unifork.model.unifork import CODE, LATENT, UniFork
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig

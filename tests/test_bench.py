@@ -12,12 +12,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from unifork.bench import bench_settings
 from unifork.bench.flops import train_step_flops
-from unifork.bench.kv_cache import sample_image_codes_recompute
+from unifork.bench.kv_cache import recompute_decoding, samplers
 from unifork.bench.timing import interleaved, pairwise_ratio
 from unifork.bench.workload import bench_config, bench_model, bench_tokenizer, text_prompts, training_examples
 from unifork.cli import main
 from unifork.errors import UserError
-from unifork.inference.sampler import sample_image_codes
+from unifork.inference.sampler import CodeRequest, sample_codes_per_request, sample_image_codes, sample_text
+from unifork.inference.settings import SamplingSettings
 from unifork.sequences import SequenceBuilder
 
 HEADLINES = ("kv_cache_speedup", "hf_generate_speedup", "fork_step_ratio", "mixed_batch_ratio", "mfu",
@@ -44,12 +45,20 @@ def model(builder):
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
-def test_recompute_sampler_draws_what_the_cached_sampler_draws(model, builder, cfg_scale):
-    captions = ["a red circle", "two large blue squares to the left of a green circle"]
-    cached = sample_image_codes(model, builder, captions, cfg_scale=cfg_scale, temperature=0)
-    recomputed = sample_image_codes_recompute(model, builder, captions, cfg_scale=cfg_scale, temperature=0)
+def test_recompute_decoding_draws_what_the_cached_sampler_draws(model, builder, cfg_scale):
+    prompts = ["a red circle", "two large blue squares to the left of a green circle"]
+    greedy = SamplingSettings(cfg_scale=cfg_scale, temperature=0)
+    cached = sample_image_codes(model, builder, prompts, greedy)
+    recomputed = sample_codes_per_request(model, builder, [CodeRequest(prompts, greedy)], recompute_decoding)[0]
     assert cached.shape == (2, model.cfg.image_tokens)
     assert torch.equal(cached, recomputed)
+
+
+def test_the_kv_cache_figure_times_the_sampler_users_run(model, builder):
+    prompts = ["a red circle", "a blue square"]
+    timed = samplers(model, builder, prompts)
+    assert torch.equal(timed["kv_cache"](), sample_image_codes(model, builder, prompts, generator=torch.Generator().manual_seed(0)))
+    assert timed["recompute"]().shape == (2, model.cfg.image_tokens)
 
 
 def test_flop_count_equals_torchs_count_of_the_matmuls(model, builder):
@@ -71,14 +80,14 @@ def test_flop_count_equals_torchs_count_of_the_matmuls(model, builder):
 
 def test_hf_twin_is_our_und_path_and_generates_the_asked_length(model, builder):
     pytest.importorskip("transformers")
-    from unifork.bench.hf_generate import _max_logit_diff, hf_sample_text, hf_twin, sample_text
+    from unifork.bench.hf_generate import _max_logit_diff, hf_sample_text, hf_twin
 
     twin = hf_twin(model, builder)
     batch = builder.collate(text_prompts(builder, 3))  # questions of different lengths: left padding
     assert not batch.valid.all()
     assert _max_logit_diff(model, twin, batch) < 1e-4
     assert hf_sample_text(twin, batch, 7).shape == (3, 7)
-    assert sample_text(model, batch, 7).shape == (3, 7)
+    assert sample_text(model, batch, 7, temperature=1.0).shape == (3, 7)  # the figure's side: no stop at EOS
 
 
 def test_interleaved_alternates_the_order_and_pairs_rounds():

@@ -19,14 +19,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from unifork.data import open_source, pretokenize
-from unifork.data.images import fit_image
-from unifork.data.pool import StreamPool
+from unifork.data.config import DataConfig
+from unifork.data.stream_pool import StreamPool
 from unifork.errors import UserError
+from unifork.images import fit_image
 from unifork.model.config import named_config
 from unifork.sequences import SequenceBuilder
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from unifork.tokenizers.text import TextTokenizer
-from unifork.train.recipe import DataConfig, StageConfig, load_recipe
+from unifork.train.recipe import StageConfig, load_recipe
 from unifork.train.trainer import train
 from unifork.world import World
 

@@ -17,7 +17,8 @@ from unifork.errors import UserError
 from unifork.model.unifork import UniFork
 from unifork.sequences import SequenceBuilder
 from unifork.train.checkpoints import latest_checkpoint
-from unifork.train.data import SamplePool, rank_rows
+from unifork.data.batches import rank_rows
+from unifork.data.world_pool import WorldPool
 from unifork.train.global_loss import supervised_tokens, task_weights, weighted_loss
 from unifork.train.launch import launch
 from unifork.train.recipe import load_recipe
@@ -89,17 +90,20 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
+@pytest.mark.slow  # the runs fixture starts torchrun three times
 @pytest.mark.parametrize("run", ["fsdp", "ddp"])
 def test_two_processes_match_one(runs, run):
     assert_same_training(runs / "one", runs / run)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_under_muon(runs):
     """As under AdamW (measured 3.8e-7 on the weights). torch.optim.Muon, whose Newton-Schulz runs in bfloat16,
     was 4.3e-4 apart; ranks that do not all-reduce their gradients are 4e-3 apart in the loss of step 2."""
     assert_same_training(runs / "one_muon", runs / "ddp_muon")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["cut2", "cut1"])
 def test_resume_across_world_sizes(runs, run):
     """cut2: 2 processes (sharded state gathered) then 1; cut1: 1 process then 2 (full state sharded on load)."""
@@ -120,7 +124,7 @@ def test_weighted_slices_give_the_global_gradient(tmp_path, tokenizer_dir):
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", tokenizer_dir, joint_batch=7))
     text, image = _prepare_tokenizers(recipe, tmp_path, progress=False)
     cfg = _model_config(recipe, text, image)
-    pool = SamplePool(recipe.data, image, SequenceBuilder(text, cfg))
+    pool = WorldPool(recipe.data, image, SequenceBuilder(text, cfg))
     stage = recipe.stages[1]
     torch.manual_seed(0)
     model = UniFork(cfg)
@@ -145,7 +149,7 @@ def test_weighted_slices_give_the_global_gradient(tmp_path, tokenizer_dir):
 
 def test_launch_errors(tmp_path, tokenizer_dir, monkeypatch):
     recipe = write_recipe(tmp_path / "r.toml", tokenizer_dir)
-    with pytest.raises(UserError, match="unknown --strategy 'zero'"):
+    with pytest.raises(UserError, match="unknown strategy 'zero'"):
         train(recipe, tmp_path / "run", strategy="zero")
     with pytest.raises(UserError, match="batch_size 8 is the global batch, smaller than the 9 processes"):
         launch(9, str(recipe), str(tmp_path / "run"))

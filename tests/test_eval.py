@@ -20,7 +20,9 @@ from unifork.eval.caption_match import caption_match
 from unifork.eval.geneval import evaluate_generation
 from unifork.eval.image_quality import domain_fid, require_inception_fid
 from unifork.eval.stats import rates, wilson_interval
+from unifork.eval.suite import EvalSettings
 from unifork.inference import Pipeline
+from unifork.inference.settings import DEFAULT_CFG_SCALE, SamplingSettings
 from unifork.world import CATEGORIES, World
 
 # The shipped recipe (1000 steps) takes ~40 s; this one learns colors but not yet shapes, in ~8 s. Measured
@@ -200,8 +202,17 @@ def eval_args(ckpt, out, suite):
 def test_eval_cli_writes_a_complete_json(ckpt, classifier_cache, tmp_path, monkeypatch, capsys, suite, task, present, absent):
     monkeypatch.setenv("UNIFORK_CACHE", str(classifier_cache[0]))
     loaded = record_loads(monkeypatch)
+    drawn, sample = [], geneval.sample_image_codes
+
+    def spy(model, builder, prompts, **kwargs):
+        drawn.append(kwargs["settings"])
+        return sample(model, builder, prompts, **kwargs)
+
+    monkeypatch.setattr(geneval, "sample_image_codes", spy)
     out = tmp_path / "eval.json"
-    assert main(eval_args(ckpt, out, suite)) == 0
+    assert main(eval_args(ckpt, out, suite)) == 0  # no --cfg: the default guidance, as `unifork generate`
+    assert set(drawn) <= {SamplingSettings(cfg_scale=DEFAULT_CFG_SCALE)} and bool(drawn) == ("gen" in present)
+    assert EvalSettings().sampling.cfg_scale == DEFAULT_CFG_SCALE
     assert loaded == [(str(ckpt), task)]
     result = json.loads(out.read_text())
     assert present <= set(result) and not absent & set(result)

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from unifork.errors import UserError
-from unifork.inference.sampler import MAX_IMAGES, sample_next, validate_sampling
+from unifork.images import fit_image
+from unifork.inference.sampler import MAX_IMAGES, check_images, sample_next
+from unifork.inference.settings import SamplingSettings
 from unifork.tokenizers.text import SPECIAL_TOKENS, TextTokenizer
-from unifork.world import load_image
 from unifork.world.captions import RELATION_PHRASES
 from unifork.world.prompts import ObjectGroup, PromptSpec, Relation, parse_prompt
 from unifork.world.spec import COLORS, MAX_OBJECTS, SHAPES, SIZES
@@ -146,7 +147,7 @@ NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(
 
 
 def first_invalid(n, cfg_scale, temperature, top_k, top_p) -> str | None:
-    """The documented ranges, restated independently of validate_sampling."""
+    """The documented ranges, restated independently of check_images and SamplingSettings."""
     integer = lambda x: type(x) is int  # bool is not a count
     finite = lambda x: type(x) in (int, float) and math.isfinite(x)
     for name, ok in [
@@ -167,11 +168,16 @@ def first_invalid(n, cfg_scale, temperature, top_k, top_p) -> str | None:
 @example(True, 3.0, 1.0, 0, 1.0)
 def test_sampling_settings_are_valid_or_a_user_error_naming_the_field(n, cfg_scale, temperature, top_k, top_p):
     field = first_invalid(n, cfg_scale, temperature, top_k, top_p)
+
+    def validate():
+        check_images(n)
+        SamplingSettings(cfg_scale, temperature, top_k, top_p)
+
     if field is None:
-        validate_sampling(n, cfg_scale, temperature, top_k, top_p)
+        validate()
     else:
         with pytest.raises(UserError, match=rf"^{re.escape(field)} "):
-            validate_sampling(n, cfg_scale, temperature, top_k, top_p)
+            validate()
 
 
 @FUZZ
@@ -185,7 +191,7 @@ def test_sampling_settings_are_valid_or_a_user_error_naming_the_field(n, cfg_sca
 @example(logits=[1.0, 2.0, 3.0], temperature=1.0, top_k=0, top_p=1e-300)  # top_p rounds to 0 in float32
 def test_valid_settings_always_sample_a_token(logits, temperature, top_k, top_p):
     x = torch.tensor([logits, logits[::-1]])  # (2, V)
-    validate_sampling(1, 1.0, temperature, top_k, top_p)
+    SamplingSettings(1.0, temperature, top_k, top_p)
     token = sample_next(x, temperature, top_k, top_p, torch.Generator().manual_seed(0))
     assert token.shape == (2,) and ((0 <= token) & (token < len(logits))).all()
 
@@ -241,7 +247,7 @@ def test_image_loading_gives_pixels_or_a_user_error(image_path, data):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            pixels = load_image(image_path)
+            pixels = fit_image(image_path, 64)
         except UserError as err:
             pixels = None
             assert "\n" not in str(err)

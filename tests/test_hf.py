@@ -18,8 +18,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from unifork.cli import main
 from unifork.errors import UserError
 from unifork.hf import export_hf, fork_hf
-from unifork.inference import Pipeline, save_pretrained
-from unifork.model import TEXT, Batch, ModelConfig, UniFork, load_model, named_config
+from unifork.checkpoint import load_model, save_pretrained
+from unifork.inference import Pipeline
+from unifork.model import TEXT, Batch, ModelConfig, UniFork, named_config
 from unifork.model.blocks import Rotary
 from unifork.sequences import SequenceBuilder
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig

@@ -11,7 +11,8 @@ from PIL import Image
 from unifork.cli import main
 from unifork.errors import UserError
 from unifork.inference import Pipeline, answer_questions, sample_image_codes
-from unifork.inference.sampler import decode_one, filter_logits, prefill, sample_next
+from unifork.inference.sampler import CodeRequest, decode_one, filter_logits, prefill, sample_codes_per_request, sample_next
+from unifork.inference.settings import DEFAULT_CFG_SCALE, SamplingSettings
 from unifork.model.unifork import CODE, IGNORE, TEXT
 from unifork.sequences import Example
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
@@ -90,7 +91,7 @@ def recompute_image_codes(model, builder, captions, cfg_scale, sample):
 def test_greedy_gen_with_cache_equals_greedy_recompute(pipe):
     with torch.no_grad():
         expected = recompute_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], 3.0, lambda lg: lg.argmax(-1))
-    got = sample_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], cfg_scale=3.0, temperature=0)
+    got = sample_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], SamplingSettings(cfg_scale=3.0, temperature=0))
     assert torch.equal(got, expected)
 
 
@@ -113,19 +114,21 @@ def test_greedy_answers_with_cache_equal_greedy_recompute(pipe):
 
 def test_cfg_scale_one_equals_conditional_sampling(pipe):
     model, builder = pipe.model, pipe.builder
-    got = sample_image_codes(model, builder, CAPTIONS[:2], cfg_scale=1.0, generator=torch.Generator().manual_seed(3))
+    got = sample_image_codes(model, builder, CAPTIONS[:2], SamplingSettings(cfg_scale=1.0), torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         expected = recompute_image_codes(model, builder, CAPTIONS[:2], 1.0, lambda lg: sample_next(lg, generator=generator))
     assert torch.equal(got, expected)
     # the 2N-row guided batch (cond rows padded beside the "" rows) at a scale that is 1 in float32: same codes
-    guided = sample_image_codes(model, builder, CAPTIONS[:2], cfg_scale=1 + 1e-12, generator=torch.Generator().manual_seed(3))
+    guided = sample_image_codes(model, builder, CAPTIONS[:2], SamplingSettings(cfg_scale=1 + 1e-12),
+                                torch.Generator().manual_seed(3))  # fmt: skip
     assert torch.equal(guided, got)
 
 
 def test_batched_equals_unbatched(pipe):
-    batched = sample_image_codes(pipe.model, pipe.builder, CAPTIONS, cfg_scale=3.0, temperature=0)
-    alone = torch.cat([sample_image_codes(pipe.model, pipe.builder, [c], cfg_scale=3.0, temperature=0) for c in CAPTIONS])
+    greedy = SamplingSettings(cfg_scale=3.0, temperature=0)
+    batched = sample_image_codes(pipe.model, pipe.builder, CAPTIONS, greedy)
+    alone = torch.cat([sample_image_codes(pipe.model, pipe.builder, [c], greedy) for c in CAPTIONS])
     assert torch.equal(batched, alone)
     assert len({tuple(row) for row in batched.tolist()}) == len(CAPTIONS)  # the captions matter, so this means something
 
@@ -145,8 +148,8 @@ def test_same_seed_same_images_different_seed_differs(pipe):
 
 
 def test_top_k_one_equals_greedy(pipe):
-    greedy = sample_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], temperature=0)
-    top1 = sample_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], top_k=1, generator=torch.Generator().manual_seed(0))
+    greedy = sample_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], SamplingSettings(temperature=0))
+    top1 = sample_image_codes(pipe.model, pipe.builder, CAPTIONS[:2], SamplingSettings(top_k=1), torch.Generator().manual_seed(0))
     assert torch.equal(top1, greedy)
 
 
@@ -177,6 +180,58 @@ def test_filter_logits_top_k_and_nucleus():
 def test_validation_names_the_field(pipe, kwargs, field):
     with pytest.raises(UserError, match=rf"^{field} "):
         pipe.generate_codes("a red circle", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"cfg_scale": math.nan}, "cfg_scale"),
+        ({"cfg_scale": 10**400}, "cfg_scale"),  # an int beyond float range
+        ({"temperature": "1"}, "temperature"),
+        ({"top_k": 2.0}, "top_k"),
+        ({"top_k": True}, "top_k"),
+        ({"top_p": 0}, "top_p"),
+    ],
+)
+def test_a_bad_setting_is_one_user_error_naming_the_field(kwargs, field):
+    with pytest.raises(UserError, match=rf"^{field} must be ") as err:
+        SamplingSettings(**kwargs)
+    assert len(str(err.value).splitlines()) == 1
+
+
+# --- one sampling loop: a request samples the same codes alone, batched, or through the pipeline -------------------
+
+REQUESTS = [  # prompt, n, settings, seed
+    ("two red circles", 2, SamplingSettings(cfg_scale=3.0), 5),
+    ("a blue square to the left of a green triangle", 1, SamplingSettings(1.0, 0.8, 50, 0.9), 7),
+    ("", 3, SamplingSettings(5.0, 1.2, 0, 0.95), 9),
+]
+
+
+def code_request(prompt, n, settings, seed):
+    return CodeRequest([prompt] * n, settings, torch.Generator().manual_seed(seed))
+
+
+def test_batched_requests_sample_what_each_samples_alone(pipe):
+    batched = sample_codes_per_request(pipe.model, pipe.builder, [code_request(*r) for r in REQUESTS])
+    for request, codes in zip(REQUESTS, batched):
+        prompt, n, settings, seed = request
+        alone = sample_codes_per_request(pipe.model, pipe.builder, [code_request(*request)])[0]
+        single = sample_image_codes(pipe.model, pipe.builder, [prompt] * n, settings, torch.Generator().manual_seed(seed))
+        piped = pipe.generate_codes(prompt, n, settings.cfg_scale, settings.temperature, settings.top_k, settings.top_p, seed)
+        assert torch.equal(codes, alone) and torch.equal(alone, single) and torch.equal(single, piped)
+    assert not torch.equal(batched[0][:1], batched[2][:1])  # the prompts and seeds matter
+
+
+def test_a_request_draws_its_rows_in_order_from_its_generator(pipe):
+    """What keeps a seed's images: at each step the request's n guided rows draw, in row order, from its one
+    generator, as one sample_next call over the stacked rows does (the reference, without a cache)."""
+    model, builder = pipe.model, pipe.builder
+    got = sample_image_codes(model, builder, CAPTIONS, SamplingSettings(cfg_scale=3.0), torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        expected = recompute_image_codes(model, builder, CAPTIONS, 3.0, lambda lg: sample_next(lg, generator=generator))
+    assert torch.equal(got, expected)
 
 
 def test_prompt_too_long_is_a_user_error(pipe):
@@ -225,6 +280,19 @@ def test_cli_generate_writes_grid_and_images(ckpt, tmp_path, capsys):
     assert Image.open(out).size == (2 * 32 + 2, 2 * 32 + 2)  # 3 images in a 2 x 2 grid, 2 px gaps
     assert sorted(p.name for p in save_dir.iterdir()) == ["000.png", "001.png", "002.png"]
     assert str(out) in capsys.readouterr().out
+
+
+def test_cli_generate_without_cfg_draws_the_default_guidance(ckpt, tmp_path):
+    save_dir = tmp_path / "each"
+    args = ["generate", "--ckpt", str(ckpt), "--prompt", "two red circles", "--n", "2", "--out", str(tmp_path / "g.png"),
+            "--save-dir", str(save_dir)]  # fmt: skip
+    assert main(args) == 0
+    written = [np.asarray(Image.open(save_dir / f"00{i}.png")) for i in range(2)]
+    pipe = Pipeline.from_pretrained(ckpt, task="gen")
+    default = [np.asarray(img) for img in pipe.generate("two red circles", n=2, cfg_scale=DEFAULT_CFG_SCALE, seed=0)]
+    other = [np.asarray(img) for img in pipe.generate("two red circles", n=2, cfg_scale=DEFAULT_CFG_SCALE + 1, seed=0)]
+    assert all(np.array_equal(w, d) for w, d in zip(written, default))
+    assert not all(np.array_equal(w, o) for w, o in zip(written, other))  # the scale shows in the pixels
 
 
 def test_cli_ask_prints_one_line(ckpt, tmp_path, capsys):

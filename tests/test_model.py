@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from unifork.errors import UserError
-from unifork.model import CODE, IGNORE, LATENT, TASK_ID, TEXT, Batch, UniFork, load_model, named_config, save_model
+from unifork.checkpoint import load_model, save_model
+from unifork.model import CODE, IGNORE, LATENT, TASK_ID, TEXT, Batch, UniFork, named_config
 from unifork.model.blocks import Block
 from unifork.sequences import SequenceBuilder
 from unifork.tokenizers.text import TextTokenizer, world_corpus

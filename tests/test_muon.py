@@ -107,7 +107,7 @@ def test_muon_errors(tmp_path, tokenizer_dir):
     with pytest.raises(UserError, match="optimizer must be one of adamw, muon, got 'lion'"):
         load_recipe(recipe)
     stages = load_recipe(muon_recipe(tmp_path / "m.toml", tokenizer_dir)).stages
-    with pytest.raises(UserError, match="--strategy ddp"):
+    with pytest.raises(UserError, match="use strategy ddp"):
         check_optimizer_strategy(stages, distributed=True, strategy="fsdp")
     check_optimizer_strategy(stages, distributed=True, strategy="ddp")
     check_optimizer_strategy(stages, distributed=False, strategy="fsdp")

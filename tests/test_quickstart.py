@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from unifork.quickstart import CFG_SCALE, quickstart
+from unifork.inference.settings import DEFAULT_CFG_SCALE
+from unifork.quickstart import quickstart
 
 RECIPE = """
 tokenizer_dir = "{tok}"
@@ -39,7 +40,7 @@ def test_quickstart_writes_report_and_a_usable_checkpoint(tmp_path, tokenizer_di
     assert set(saved["vqa"]["by_type"]) <= {"color", "shape", "count", "relation", "what_left", "describe"}
     expected = {"overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"}
     assert set(saved["gen"]["accuracy"]) == expected and set(saved["gen"]["exact"]["accuracy"]) == expected
-    assert saved["gen"]["cfg_scale"] == CFG_SCALE
+    assert saved["gen"]["cfg_scale"] == DEFAULT_CFG_SCALE  # the scale `unifork generate` uses without --cfg
     n_layers = saved["n_layers"]
     assert len(saved["alignment"]["und"]) == len(saved["alignment"]["gen"]) == n_layers + 1
     assert saved["wall_seconds"] > 0

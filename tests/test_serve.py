@@ -312,5 +312,5 @@ def test_loadtest_reports_latency_throughput_and_speedup(url, tmp_path, capsys):
 
 @pytest.mark.parametrize("bad", ["http://10.1.2.3:7860", "http://example.com", "ftp://127.0.0.1:1"])
 def test_loadtest_refuses_other_machines(bad):
-    with pytest.raises(UserError, match="--url"):
+    with pytest.raises(UserError, match="url must"):
         loadtest(bad, requests=1)

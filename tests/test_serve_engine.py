@@ -1,5 +1,5 @@
 """The serving engine in-process, with a stand-in model: batching rules, the bounded queue, timeouts, cancellation;
-per-request sampling in one batch; untrusted image decoding."""
+each request's images in one batch as the pipeline draws them; untrusted image decoding."""
 
 import asyncio
 import io
@@ -8,14 +8,15 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from unifork.inference import Pipeline
-from unifork.serve.batched_sampling import CodeRequest, sample_codes_per_request
+from unifork.inference.settings import DEFAULT_CFG_SCALE, DEFAULT_IMAGES
 from unifork.serve.engine import Engine
 from unifork.serve.errors import ClientGone, FieldError, QueueFull, RequestTimeout
 from unifork.serve.images import decode_image
+from unifork.serve.runner import GenerateWork, ModelRunner
+from unifork.serve.schemas import GenerateRequest
 
 
 class StandIn:
@@ -148,7 +149,7 @@ def test_a_failing_request_fails_only_itself(stand_in):
     engine.stop()
 
 
-# --- per-request sampling in one batch ------------------------------------------------------------------------------
+# --- the model runner: each request's images as the pipeline draws them, whatever shares its batch ----------------
 
 
 @pytest.fixture(scope="module")
@@ -158,26 +159,23 @@ def pipe(tmp_path_factory):
     return Pipeline.from_pretrained(tiny_checkpoint(tmp_path_factory.mktemp("engine_ckpt")))
 
 
-SETTINGS = [  # caption, n, cfg, temperature, top_k, top_p, seed
-    ("two red circles", 2, 3.0, 1.0, 0, 1.0, 5),
-    ("a blue square to the left of a green triangle", 1, 1.0, 0.8, 50, 0.9, 7),
-    ("", 3, 5.0, 1.2, 0, 0.95, 9),
-]
+BODIES = [
+    {"prompt": "two red circles", "seed": 5},  # every sampling setting at the API's defaults
+    {"prompt": "a blue square to the left of a green triangle", "n": 1, "cfg": 1.0, "temperature": 0.8, "top_k": 50,
+     "top_p": 0.9, "seed": 7},
+    {"prompt": "", "n": 3, "cfg": 5.0, "temperature": 1.2, "top_p": 0.95, "seed": 9},
+]  # fmt: skip
 
 
-def code_request(caption, n, cfg, temperature, top_k, top_p, seed):
-    return CodeRequest(caption, n, cfg, temperature, top_k, top_p, torch.Generator().manual_seed(seed))
-
-
-def test_batched_requests_sample_what_each_samples_alone(pipe):
-    batched = sample_codes_per_request(pipe.model, pipe.builder, [code_request(*s) for s in SETTINGS])
-    for settings, codes in zip(SETTINGS, batched):
-        caption, n, cfg, temperature, top_k, top_p, seed = settings
-        alone = sample_codes_per_request(pipe.model, pipe.builder, [code_request(*settings)])[0]
-        # and exactly what the pipeline samples for that prompt and seed
-        reference = pipe.generate_codes(caption, n, cfg, temperature, top_k, top_p, seed)
-        assert torch.equal(codes, alone) and torch.equal(alone, reference)
-    assert not torch.equal(batched[0][:1], batched[2][:1])  # the captions and seeds matter
+def test_batched_requests_get_the_images_the_pipeline_draws(pipe):
+    works = [GenerateWork.from_request(GenerateRequest(**body)) for body in BODIES]
+    batched = ModelRunner(pipe).generate(works)
+    for body, images in zip(BODIES, batched):
+        settings = {"cfg_scale": body.get("cfg", DEFAULT_CFG_SCALE)}  # an omitted cfg is the library default
+        settings.update({k: body[k] for k in ("n", "temperature", "top_k", "top_p") if k in body})
+        reference = pipe.generate(body["prompt"], seed=body["seed"], **settings)
+        assert len(images) == len(reference) == body.get("n", DEFAULT_IMAGES)
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, reference))
 
 
 # --- untrusted images ----------------------------------------------------------------------------------------------

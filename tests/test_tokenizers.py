@@ -11,7 +11,7 @@ from PIL import Image
 from unifork.errors import UserError
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, images_to_tensor, tensor_to_images
 from unifork.tokenizers.text import SPECIAL_TOKENS, TextTokenizer
-from unifork.tokenizers.train_image import psnr, train_image_tokenizer, world_images
+from unifork.train.image_tokenizer import psnr, train_image_tokenizer, world_images
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from unifork.errors import UserError
-from unifork.model import UniFork, load_model
+from unifork.checkpoint import load_model
+from unifork.model import UniFork
 from unifork.tokenizers.text import TextTokenizer
 from unifork.train.checkpoints import latest_checkpoint
 from unifork.train.recipe import load_recipe
@@ -82,8 +83,9 @@ def test_resume_is_exact(tmp_path, tokenizer_dir):
     cut = tmp_path / "cut"
     assert train(recipe, cut, progress=False, max_steps=6) is None  # 4 gen steps + 2 of 6 joint steps, then stop
     assert torch.load(latest_checkpoint(cut / "stages" / "joint") / "train_state.pt", weights_only=True)["step"] == 2
-    with pytest.raises(UserError, match="--resume"):
+    with pytest.raises(UserError, match="continue it with resume") as err:
         train(recipe, cut, progress=False)
+    assert "resume" in err.value.params  # the CLI names it --resume
     # a process killed after logging steps it never checkpointed: those lines must be redone, not kept twice
     logged_later = [line for line in (tmp_path / "straight" / "metrics.jsonl").open() if '"joint", "step": 3,' in line]
     with open(cut / "metrics.jsonl", "a") as f:
@@ -97,7 +99,7 @@ def test_resume_is_exact(tmp_path, tokenizer_dir):
 
 def test_step_budget_at_a_stage_boundary_starts_nothing_new(tmp_path, tokenizer_dir):
     recipe = write_recipe(tmp_path / "r.toml", tokenizer_dir, gen_steps=4, joint_steps=3)
-    with pytest.raises(UserError, match="--max-steps must be at least 1"):
+    with pytest.raises(UserError, match="max_steps must be at least 1"):
         train(recipe, tmp_path / "run", progress=False, max_steps=0)
     assert train(recipe, tmp_path / "run", progress=False, max_steps=4) is None
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
@@ -131,3 +133,28 @@ def test_cli_train_bad_config_is_one_line(tmp_path):
                              "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode != 0
     assert "unknown key 'd_modle'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow  # two training runs, one in a subprocess
+def test_a_checkpoint_records_its_recipe_and_the_recipe_reproduces_it(tmp_path, tokenizer_dir, monkeypatch):
+    recipe = write_recipe(tmp_path / "r.toml", tokenizer_dir, gen_steps=3, joint_steps=4)
+    final = train(recipe, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "recipe.toml").read_text() == (final / "recipe.toml").read_text()
+    assert json.loads((final / "provenance.json").read_text())["stage"] == "joint"
+    stage_ckpt = latest_checkpoint(tmp_path / "run" / "stages" / "gen_pretrain")
+    assert json.loads((stage_ckpt / "provenance.json").read_text())["stage"] == "gen_pretrain"
+    resolved = load_recipe(final / "recipe.toml")  # every default spelled out, the one model that was trained
+    assert resolved.stages == load_recipe(recipe).stages and resolved.model == load_model(final).cfg
+    monkeypatch.chdir(tmp_path.parent)  # paths in it are absolute: it reproduces the run from anywhere
+    again = subprocess.run([sys.executable, "-m", "unifork.cli", "train", "--config", str(final / "recipe.toml"),
+                            "--out", str(tmp_path / "again")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    a, b = load_file(str(final / "model.safetensors")), load_file(str(tmp_path / "again" / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_packaged_recipes_load_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the recipes ship inside the package
+    assert load_recipe("quickstart").stages[-1].name == "joint"
+    with pytest.raises(UserError, match="packaged recipe: .*quickstart"):
+        load_recipe("no-such-recipe")

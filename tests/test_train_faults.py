@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from unifork.errors import UserError
-from unifork.manifest import has_manifest
-from unifork.model import UniFork, load_model
+from unifork.checkpoint import has_manifest, load_model
+from unifork.model import UniFork
 from unifork.train.checkpoints import (
     STATE_FILE,
     complete_checkpoints,
@@ -122,9 +122,9 @@ def test_signal_checkpoints_exits_zero_and_resumes_exactly(tmp_path, tokenizer_d
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert "Traceback" not in err
-    lines = [line for line in out.splitlines() if "--resume" in line]
-    assert len(lines) == 1 and f"stopped by {sig.name}" in lines[0]
-    assert f"unifork train --config {recipe} --out {run} --resume" in lines[0]
+    assert len([line for line in out.splitlines() if f"stopped by {sig.name}" in line]) == 1
+    assert [line for line in out.splitlines() if "--resume" in line] == [
+        f"continue with: unifork train --config {recipe} --out {run} --resume"]
     joint = run / "stages" / "joint"
     assert not (joint / "DONE").is_file()
     done = logged_steps(run) - 4  # the step finished when the signal came is logged and checkpointed
@@ -320,7 +320,7 @@ def test_too_many_bad_steps_in_a_row_stop_the_run(tmp_path, tokenizer_dir, monke
     with pytest.raises(UserError) as err:
         train(recipe, tmp_path / "run", progress=False)
     text = str(err.value)
-    assert "\n" not in text and "not finite in 3 steps in a row (steps 4-6)" in text and "--resume" in text
+    assert "\n" not in text and "not finite in 3 steps in a row (steps 4-6)" in text and "with resume" in text
     records = [r for r in curve(tmp_path / "run") if r["stage"] == "joint"]
     assert [r.get("bad_in_a_row", 0) for r in records] == [0, 1, 0, 1, 2, 3]  # a good step resets the count
 

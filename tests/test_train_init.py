@@ -18,7 +18,8 @@ from unifork.data.spec import parse_source
 from unifork.errors import UserError
 from unifork.hf import fork_hf
 from unifork.inference import Pipeline
-from unifork.model import ModelConfig, UniFork, load_model, named_config
+from unifork.checkpoint import load_model
+from unifork.model import ModelConfig, UniFork, named_config
 from unifork.tokenizers.text import world_corpus
 from unifork.train.optim import set_trainable
 from unifork.train.recipe import load_recipe

@@ -14,6 +14,7 @@ from PIL import Image
 from scipy.ndimage import uniform_filter
 
 from unifork.errors import UserError
+from unifork.images import fit_image
 from unifork.world import (
     CATEGORIES,
     COLORS,
@@ -27,7 +28,6 @@ from unifork.world import (
     detect,
     judge,
     judge_exact,
-    load_image,
     parse_prompt,
     phrase,
     questions_for,
@@ -348,7 +348,7 @@ def test_parse_prompt_errors_name_the_problem(text, message):
         parse_prompt(text)
 
 
-# --- export, load_image and the CLI ----------------------------------------------------------------------
+# --- export, reading back and the CLI --------------------------------------------------------------------
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -363,7 +363,7 @@ def test_cli_world_writes_pngs_and_meta(tmp_path):
     assert len(lines) == 8 and lines[0]["file"] == "000000.png"
     first = World(seed=0, split="train").sample(0)
     assert Scene.from_dict(lines[0]["spec"]) == first.scene
-    assert np.array_equal(load_image(tmp_path / "000000.png"), first.image)
+    assert np.array_equal(fit_image(tmp_path / "000000.png", 64), first.image)
 
 
 def test_cli_bad_split_is_one_line_without_traceback(tmp_path):
@@ -374,24 +374,27 @@ def test_cli_bad_split_is_one_line_without_traceback(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_load_image_rejects_text_files(tmp_path):
+def test_reading_a_text_file_as_an_image_is_a_user_error(tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("not pixels")
     with pytest.raises(UserError, match="not an image file"):
-        load_image(path)
+        fit_image(path, 64)
 
 
 @pytest.mark.parametrize("mode", ["P", "RGBA", "CMYK", "L", "I;16"])
-def test_load_image_converts_modes_and_sizes(tmp_path, mode):
+def test_world_images_read_back_in_any_mode(tmp_path, mode):
+    """Through unifork.images, as user images are: color modes at another size still detect, greys are exact."""
     sample = World(seed=2).sample(1)
-    img = Image.fromarray(sample.image).resize((96, 96), Image.NEAREST)
+    img = Image.fromarray(sample.image)
     if mode == "I;16":  # 16-bit grey: stored 0..65535
         img = Image.fromarray((np.asarray(img.convert("L"), dtype=np.uint16) * 257))
-    else:
+    elif mode == "L":
         img = img.convert(mode)
+    else:
+        img = img.resize((96, 96), Image.NEAREST).convert(mode)
     path = tmp_path / ("img.tiff" if mode == "CMYK" else "img.png")
     img.save(path)
-    loaded = load_image(path)
+    loaded = fit_image(path, 64)
     assert loaded.dtype == np.uint8 and loaded.shape == (64, 64, 3)
     if mode in ("P", "RGBA", "CMYK"):  # color-preserving modes: the detector still reads the scene
         assert _same_objects(detect(loaded), sample.scene.objects)
@@ -420,7 +423,7 @@ def test_cli_prompt_scenes_satisfy_the_prompt(tmp_path):
     result = _cli("world", "--prompt", "two green triangles", "--n", "3", "--out", str(tmp_path / "w"))
     assert result.returncode == 0, result.stderr
     for i in range(3):
-        image = load_image(tmp_path / "w" / f"{i:06d}.png")
+        image = fit_image(tmp_path / "w" / f"{i:06d}.png", 64)
         assert judge("two green triangles", "counting", detect(image))
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 
-from unifork.errors import UserError
+from unifork.errors import UserError, flag_names, one_line
+from unifork.train.command import add_train_arguments, run_train
 
 
 def _cmd_world(args: argparse.Namespace) -> None:
@@ -22,7 +22,7 @@ def _cmd_world(args: argparse.Namespace) -> None:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
-    from unifork.tokenizers.train_image import train_image_tokenizer
+    from unifork.train.image_tokenizer import train_image_tokenizer
 
     report = train_image_tokenizer(args.out, steps=args.steps, seed=args.seed, size=args.size)
     print(
@@ -44,19 +44,6 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
     quickstart(args.out, recipe=args.recipe)
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
-    from unifork.train.launch import launch
-    from unifork.train.trainer import train
-
-    settings = dict(resume=args.resume, device=args.device, max_steps=args.max_steps, strategy=args.strategy,
-                    compile=args.compile)  # fmt: skip
-    if args.nproc > 1:
-        return launch(args.nproc, args.config, args.out, **settings)
-    final = train(args.config, args.out, **settings)
-    if final is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
-        print(f"training finished; final checkpoint in {final} (use it as --ckpt)")
-
-
 def _cmd_generate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -67,7 +54,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     if out.is_dir():
         raise UserError(f"--out must be a PNG file path, but {out} is a directory")
     pipe = Pipeline.from_pretrained(args.ckpt, task="gen", device=args.device)
-    images = pipe.generate(args.prompt, n=args.n, cfg_scale=args.cfg, temperature=args.temperature,
+    images = pipe.generate(args.prompt, n=args.n, cfg_scale=args.cfg_scale, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(out, format="PNG")
@@ -117,7 +104,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
 
     forks = tuple(_int_list(args.forks, "--forks")) if args.forks else None
     seeds = tuple(_int_list(args.seeds, "--seeds")) if args.seeds else None
-    study = run_study(args.out, quick=args.quick, forks=forks, seeds=seeds, tokenizer_dir=args.tokenizer, steps=args.steps)
+    study = run_study(args.out, quick=args.quick, forks=forks, seeds=seeds, tokenizer_dir=args.tokenizer_dir, steps=args.steps)
     for row in study["by_fork"]:
         print(f"fork {row['fork']}: VQA {row['vqa']['mean']:.3f} ± {row['vqa']['std']:.3f}, "
               f"ShapeEval exact {row['gen_exact']['mean']:.3f} ± {row['gen_exact']['std']:.3f}")  # fmt: skip
@@ -152,11 +139,25 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def _cmd_align(args: argparse.Namespace) -> None:
-    from unifork.analysis.align import align
+    from unifork.analysis.align import align_checkpoint, align_features, align_hf_model
 
-    result = align(args.out, ckpt=args.ckpt, hf_model=args.hf_model, texts=args.texts,
-                   image_features=args.image_features, features=args.features, plot=args.plot, n=args.n, k=args.k,
-                   pooling=args.pooling, seed=args.seed, device=args.device)  # fmt: skip
+    given = [flag for flag, value in (("--ckpt", args.ckpt), ("--hf-model", args.hf_model), ("--features", args.features))
+             if value is not None]  # fmt: skip
+    if len(given) != 1:
+        raise UserError(f"give exactly one feature source of --ckpt, --hf-model or --features; got {' and '.join(given) or 'none'}")
+    hf_inputs = [flag for flag, value in (("--texts", args.texts), ("--image-features", args.image_features)) if value is not None]
+    if args.hf_model is None and hf_inputs:
+        raise UserError(f"{' and '.join(hf_inputs)} only go with --hf-model")
+    if args.ckpt is not None:
+        result = align_checkpoint(args.ckpt, args.out, plot=args.plot, n=args.n, k=args.k, pooling=args.pooling,
+                                  seed=args.seed, device=args.device)  # fmt: skip
+    elif args.hf_model is not None:
+        if len(hf_inputs) != 2:
+            raise UserError("--hf-model needs --texts FILE (one text per line) and --image-features FILE.npy (one row per text)")
+        result = align_hf_model(args.hf_model, args.texts, args.image_features, args.out, plot=args.plot, k=args.k,
+                                pooling=args.pooling, device=args.device)  # fmt: skip
+    else:
+        result = align_features(args.features, args.out, plot=args.plot, k=args.k)
     for name in result["paths"]:
         print(f"{name}: " + " ".join(f"{v:.3f}" for v in result[name]))
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
@@ -164,9 +165,10 @@ def _cmd_align(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from unifork.eval.suite import EvalSettings, run_eval, summary_lines
+    from unifork.inference.settings import SamplingSettings
 
     settings = EvalSettings(suite=args.suite, images_per_prompt=args.images_per_prompt,
-                            prompts_per_category=args.prompts_per_category, cfg_scale=args.cfg,
+                            prompts_per_category=args.prompts_per_category, sampling=SamplingSettings(cfg_scale=args.cfg_scale),
                             vqa_scenes=args.vqa_scenes, seed=args.seed, device=args.device,
                             inception_weights=args.inception_weights)  # fmt: skip
     result = run_eval(args.ckpt, args.out, settings)
@@ -199,7 +201,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+SAMPLING_FLAGS = {"cfg_scale": "--cfg", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p"}
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Flags for these sampling settings, with the defaults and help of unifork.inference.settings."""
+    from unifork.inference.settings import DEFAULTS, SamplingSettings
+
+    for name in names:
+        default = getattr(DEFAULTS, name)
+        parser.add_argument(SAMPLING_FLAGS[name], dest=name, type=type(default), default=default,
+                            help=f"{SamplingSettings.help(name)}; default %(default)s")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from unifork.inference.settings import DEFAULT_IMAGES
+
     parser = _Parser(prog="unifork", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,26 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=_cmd_quickstart)
 
     tr = sub.add_parser("train", help="run the stages of a training recipe (TOML)")
-    tr.add_argument("--config", required=True, help="recipe file, e.g. configs/quickstart.toml")
-    tr.add_argument("--out", required=True, help="run directory (stages/, checkpoint/, metrics.jsonl)")
-    tr.add_argument("--resume", action="store_true", help="continue a run in --out: skip finished stages, resume the cut one")
-    tr.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    tr.add_argument("--max-steps", type=int, default=None,
-                    help="stop after this many steps (checkpointed; continue later with --resume)")
-    tr.add_argument("--nproc", type=int, default=1,
-                    help="data-parallel processes on this machine, started through torchrun (batch_size stays the global batch)")
-    tr.add_argument("--strategy", default="fsdp", help="with several processes: fsdp (FSDP2, sharded) | ddp (replicated)")
-    tr.add_argument("--compile", action="store_true", help="torch.compile each block (for GPUs; falls back to eager if it fails)")
-    tr.set_defaults(func=_cmd_train)
+    add_train_arguments(tr)
+    tr.set_defaults(func=run_train)
 
     gen = sub.add_parser("generate", help="sample images for a text prompt from a checkpoint")
     gen.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
     gen.add_argument("--prompt", required=True, help="caption to draw (not empty), e.g. 'two red circles'")
-    gen.add_argument("--n", type=int, default=4, help="number of images")
-    gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = no guidance)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely codes (0 = off)")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    gen.add_argument("--n", type=int, default=DEFAULT_IMAGES, help="number of images; default %(default)s")
+    _add_sampling_arguments(gen, "cfg_scale", "temperature", "top_k", "top_p")
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
     gen.add_argument("--out", required=True, help="output PNG: all images in a grid with 2 px white gaps")
     gen.add_argument("--save-dir", default=None, help="also write each image as DIR/000.png, 001.png, ...")
@@ -261,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = sub.add_parser("ask", help="answer a question about an image from a checkpoint (prints the answer alone)")
     ask.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
-    ask.add_argument("--image", required=True, help="image file (any mode/size; converted to RGB, resized)")
+    ask.add_argument("--image", required=True, help="image file (any mode/size; prepared as training images are: RGB, centre crop, resize)")
     ask.add_argument("--question", required=True, help="question, e.g. 'what color is the circle?'")
     ask.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ask.set_defaults(func=_cmd_ask)
@@ -307,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="output JSON file (written atomically)")
     ev.add_argument("--images-per-prompt", type=int, default=4, help="images sampled per ShapeEval prompt (GenEval uses 4)")
     ev.add_argument("--prompts-per-category", type=int, default=16, help="ShapeEval prompts in each of the six categories")
-    ev.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale for generation")
+    _add_sampling_arguments(ev, "cfg_scale")
     ev.add_argument("--vqa-scenes", type=int, default=200, help="scenes per VQA split (test, held-out compositions)")
     ev.add_argument("--seed", type=int, default=0, help="seed of prompts, sampling and scenes (same seed, same result)")
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -347,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--forks", default=None, help="comma-separated fork points (default: 0,3,6; quick: 0,2,4)")
     st.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)")
     st.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
-    st.add_argument("--tokenizer", default=None, help="reuse this tokenizer directory instead of training one")
+    st.add_argument("--tokenizer", dest="tokenizer_dir", default=None, help="reuse this tokenizer directory instead of training one")
     st.set_defaults(func=_cmd_study)
 
     data = sub.add_parser("data", help="image-text data on disk for training (formats: docs/scale.md, Real data)")
@@ -365,15 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         args.func(args)
     except (UserError, FileNotFoundError) as err:
         if args.debug:
             traceback.print_exc()
-        # One line, printable on any terminal: paths and prompts may hold newlines or undecodable bytes.
-        message = " ".join(str(err).splitlines()).encode("utf-8", "backslashreplace").decode("utf-8")
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(err, flag_names(parser))}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,7 +1,7 @@
 """The main job: from a fresh clone to a trained, measured UniFork on a CPU, in about ten minutes.
 
 1. train the text and image tokenizers on the shapes world (or reuse them),
-2. run the training stages of configs/quickstart.toml for a small Y-fork model,
+2. run the training stages of the packaged recipe unifork/configs/quickstart.toml for a small Y-fork model,
 3. evaluate VQA on unseen scenes, generation with the world's detector and the per-layer image-text alignment of
    both paths, and write report.html/report.json.
 """
@@ -14,12 +14,6 @@ from pathlib import Path
 
 from unifork.errors import UserError
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "quickstart.toml"
-# Classifier-free guidance for the report's samples, chosen on the exact rule (overall, 384 images each): this
-# recipe's model in three runs (two seeds, 1 thread) 0.36 / 0.36 / 0.41 at CFG 2 against 0.34 / 0.29 / 0.33 at 3;
-# an older 3x-longer run 0.17 / 0.09 on single_object / colors at CFG 5 (its extra blobs pass GenEval's rule).
-CFG_SCALE = 2.0
-
 
 def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = None, progress: bool = True,
                eval_scale: float = 1.0) -> dict:  # fmt: skip
@@ -29,20 +23,20 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     from unifork.eval.geneval import evaluate_generation
     from unifork.eval.vqa import evaluate_vqa
     from unifork.inference.pipeline import Pipeline
+    from unifork.inference.settings import SamplingSettings
     from unifork.report import write_report
-    from unifork.train.recipe import load_recipe
+    from unifork.train.recipe import find_recipe, load_recipe
     from unifork.train.trainer import train
 
-    recipe = Path(recipe) if recipe else DEFAULT_RECIPE
-    if not recipe.is_file():
-        raise UserError(f"quickstart recipe not found: {recipe}")
+    recipe = find_recipe(recipe or "quickstart")  # the packaged recipe: installed with unifork, not a repo path
     out = Path(out)
     start = time.perf_counter()
     # A rerun reuses the tokenizer and finished stages (delete `out` to start over).
     print(f"[1/3] tokenizers and training stages of {recipe.name} -> {out}")
     checkpoint = train(recipe, out, resume=True, progress=progress)
     if checkpoint is None:  # stopped by SIGTERM/SIGINT after checkpointing
-        raise UserError(f"training stopped before the end; rerun the same quickstart command (--out {out}) to continue it")
+        raise UserError(f"training stopped before the end; run quickstart again with the same out ({out}) to continue it",
+                        params=("out",))  # fmt: skip
     train_seconds = time.perf_counter() - start
 
     print("[2/3] evaluating: VQA on unseen scenes, generation judged by the world's detector")
@@ -50,9 +44,9 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     n = lambda k: max(1, round(k * eval_scale))  # noqa: E731
     vqa = evaluate_vqa(pipeline, split="test", n_scenes=n(150), keep_examples=12)
     vqa_heldout = evaluate_vqa(pipeline, split="heldout", n_scenes=n(100))
-    # CFG_SCALE was chosen on the exact rule (GenEval's lenient one favours CFG 5, whose extra blobs it ignores).
-    gen = evaluate_generation(pipeline, prompts_per_category=n(16), images_per_prompt=4, cfg_scale=CFG_SCALE, keep_images=8)
-    gen_heldout = evaluate_generation(pipeline, prompts_per_category=n(8), images_per_prompt=2, cfg_scale=CFG_SCALE,
+    sampling = SamplingSettings()  # the defaults, as `unifork generate` and `unifork eval` use them
+    gen = evaluate_generation(pipeline, prompts_per_category=n(16), images_per_prompt=4, sampling=sampling, keep_images=8)
+    gen_heldout = evaluate_generation(pipeline, prompts_per_category=n(8), images_per_prompt=2, sampling=sampling,
                                       heldout=True, seed=1)  # fmt: skip
     alignment = model_alignment(pipeline, n=n(256), k=min(10, n(256) - 1))
     plot_alignment(alignment, out / "alignment.png")
@@ -69,7 +63,7 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
         "parameters": pipeline.model.param_counts(),
         "vqa": {k: v for k, v in vqa.items() if k != "examples"},
         "vqa_heldout": {k: v for k, v in vqa_heldout.items() if k != "examples"},
-        "gen": {k: v for k, v in gen.items() if k != "samples"} | {"cfg_scale": CFG_SCALE},
+        "gen": {k: v for k, v in gen.items() if k != "samples"} | {"cfg_scale": sampling.cfg_scale},
         "gen_heldout": {k: v for k, v in gen_heldout.items() if k != "samples"},
         "tokenizer": tokenizer_report,
         "alignment": {key: alignment[key] for key in ("k", "n_samples", "chance", "und", "gen")},

@@ -1,8 +1,9 @@
-"""`unifork align`: take features from exactly one source, measure alignment per layer, write JSON (+ a plot).
+"""`unifork align`: features from one source, alignment per layer, written as JSON (+ a plot). One entry point
+per source:
 
-    --ckpt DIR                                   a UniFork checkpoint on world scenes (both paths)
-    --hf-model DIR --texts T --image-features F  any local HF causal LM vs. image features (N, D) .npy
-    --features PAIRS.npz                         fully user-supplied `image` and `text` features
+    align_checkpoint   a UniFork checkpoint on world scenes (both paths)
+    align_hf_model     any local HF causal LM's text states vs. image features (N, D) from a .npy
+    align_features     fully user-supplied `image` and `text` features (.npz)
 """
 
 from __future__ import annotations
@@ -19,35 +20,44 @@ from unifork.analysis.plot import plot_alignment
 from unifork.atomic import atomic_write_text
 from unifork.errors import UserError
 
-SOURCE_FLAGS = "--ckpt, --hf-model or --features"
+
+def align_checkpoint(ckpt: str | Path, out: str | Path, plot: str | Path | None = None, n: int = 256, k: int = 10,
+                     pooling: str = "mean", seed: int = 0, split: str = "test", device: str = "cpu",
+                     batch_size: int = 64) -> dict:  # fmt: skip
+    """Both paths of a checkpoint on `n` scenes of a world split (`seed`); written to `out` (and `plot`)."""
+    from unifork.inference.pipeline import Pipeline
+
+    _check_outputs(out, plot)
+    pipeline = Pipeline.from_pretrained(ckpt, device=device)
+    result = model_alignment(pipeline, n=n, k=k, pooling=pooling, split=split, seed=seed, batch_size=batch_size)
+    return _write(result | {"source": {"ckpt": str(ckpt)}}, out, plot)
 
 
-def align(out: str | Path, *, ckpt: str | Path | None = None, hf_model: str | Path | None = None,
-          texts: str | Path | None = None, image_features: str | Path | None = None, features: str | Path | None = None,
-          plot: str | Path | None = None, n: int = 256, k: int = 10, pooling: str = "mean", seed: int = 0,
-          split: str = "test", device: str = "cpu", batch_size: int = 64) -> dict:  # fmt: skip
-    """Alignment per layer from one source, written to `out` as JSON (and to `plot` as a PNG); returns the result.
+def align_hf_model(hf_model: str | Path, texts: str | Path, image_features: str | Path, out: str | Path,
+                   plot: str | Path | None = None, k: int = 10, pooling: str = "mean", device: str = "cpu",
+                   batch_size: int = 64) -> dict:  # fmt: skip
+    """A local HF causal LM's states of `texts` (one per line) against `image_features` (N, D), row by row."""
+    _check_outputs(out, plot)
+    result = hf_alignment(hf_model, read_texts(texts), load_image_features(image_features), k=k, pooling=pooling,
+                          batch_size=batch_size, device=device)  # fmt: skip
+    source = {"hf_model": str(hf_model), "texts": str(texts), "image_features": str(image_features)}
+    return _write(result | {"source": source}, out, plot)
 
-    n, seed and split choose the world scenes for a checkpoint; the other sources bring their own samples.
-    """
-    _check_sources(ckpt, hf_model, texts, image_features, features)
-    for flag, path in (("--out", out), ("--plot", plot)):
+
+def align_features(features: str | Path, out: str | Path, plot: str | Path | None = None, k: int = 10) -> dict:
+    """Arrays `image` and `text` of an .npz, each (layers, N, D) or (N, D)."""
+    _check_outputs(out, plot)
+    result = feature_alignment(*load_feature_pairs(features), k=k)
+    return _write(result | {"source": {"features": str(features)}}, out, plot)
+
+
+def _check_outputs(out: str | Path, plot: str | Path | None) -> None:
+    for name, path in (("out", out), ("plot", plot)):
         if path is not None and Path(path).is_dir():
-            raise UserError(f"{flag} must be a file path, but {path} is a directory")
-    if ckpt is not None:
-        from unifork.inference.pipeline import Pipeline
+            raise UserError(f"{name} must be a file path, but {path} is a directory", params=(name,))
 
-        pipeline = Pipeline.from_pretrained(ckpt, device=device)
-        result = model_alignment(pipeline, n=n, k=k, pooling=pooling, split=split, seed=seed, batch_size=batch_size)
-        result["source"] = {"ckpt": str(ckpt)}
-    elif hf_model is not None:
-        lines = read_texts(texts)
-        result = hf_alignment(hf_model, lines, load_image_features(image_features), k=k, pooling=pooling,
-                              batch_size=batch_size, device=device)  # fmt: skip
-        result["source"] = {"hf_model": str(hf_model), "texts": str(texts), "image_features": str(image_features)}
-    else:
-        result = feature_alignment(*load_feature_pairs(features), k=k)
-        result["source"] = {"features": str(features)}
+
+def _write(result: dict, out: str | Path, plot: str | Path | None) -> dict:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
@@ -55,17 +65,6 @@ def align(out: str | Path, *, ckpt: str | Path | None = None, hf_model: str | Pa
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         plot_alignment(result, plot)
     return result
-
-
-def _check_sources(ckpt, hf_model, texts, image_features, features) -> None:
-    given = [flag for flag, value in (("--ckpt", ckpt), ("--hf-model", hf_model), ("--features", features)) if value is not None]
-    if len(given) != 1:
-        raise UserError(f"give exactly one feature source of {SOURCE_FLAGS}; got {' and '.join(given) if given else 'none'}")
-    hf_inputs = [flag for flag, value in (("--texts", texts), ("--image-features", image_features)) if value is not None]
-    if hf_model is None and hf_inputs:
-        raise UserError(f"{' and '.join(hf_inputs)} only go with --hf-model")
-    if hf_model is not None and len(hf_inputs) != 2:
-        raise UserError("--hf-model needs --texts FILE (one text per line) and --image-features FILE.npy (one row per text)")
 
 
 def read_texts(path: str | Path) -> list[str]:

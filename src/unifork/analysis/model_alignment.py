@@ -18,10 +18,11 @@ import torch
 
 from unifork.analysis.knn_alignment import chance_alignment, check_sizes, layerwise_alignment
 from unifork.analysis.pooling import check_pooling, pool
+from unifork.images import fit_image
 from unifork.model.unifork import CODE, IGNORE, LATENT, Batch
 from unifork.sequences import Example, SequenceBuilder
 from unifork.tokenizers.image import images_to_tensor
-from unifork.world import World, WorldConfig, canonical_caption, to_canvas_rgb
+from unifork.world import World, canonical_caption
 
 
 @torch.inference_mode()
@@ -61,10 +62,10 @@ def model_alignment(pipeline, n: int = 256, k: int = 10, pooling: str = "mean", 
 def world_pairs(pipeline, n: int, split: str, seed: int, batch_size: int):
     """n scenes of a split: canonical captions, codes (n, L) and, for a latents-input model, latents (n, L, D)."""
     world = World(seed=seed, split=split)
-    canvas = WorldConfig(canvas=pipeline.image_tokenizer.cfg.image_size)  # the tokenizer's input size
+    size = pipeline.image_tokenizer.cfg.image_size  # the tokenizer's input size
     samples = [world.sample(i) for i in range(n)]
     captions = [canonical_caption(s.scene) for s in samples]  # names every object, so it pairs with the whole image
-    pixels = np.stack([to_canvas_rgb(s.image, canvas) for s in samples])  # (n, H, W, 3) uint8
+    pixels = np.stack([fit_image(s.image, size) for s in samples])  # (n, H, W, 3) uint8
     use_latents = pipeline.model.cfg.und_input == "latents"
     codes, latents = [], []
     for start in range(0, n, batch_size):

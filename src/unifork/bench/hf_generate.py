@@ -3,7 +3,8 @@
 The und path (trunk + und branch + text head) is a Qwen2 (or Llama) decoder; `hf_twin` builds that transformers
 model in memory with export-hf's config and tensor names, so both sides run the same architecture and weights.
 Plain sampling (temperature 1, no top-k/top-p, no guidance) of the same number of new text tokens from the same
-prompts; HF gets use_cache=True and no end-of-sequence token, so it never stops early.
+prompts: ours is inference.sampler.sample_text, the loop `unifork ask` answers with (greedy there), with no
+end-of-sequence stop; HF gets use_cache=True and no end-of-sequence token, so it never stops early either.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import torch
 
 from unifork.bench.profiling import top_ops
-from unifork.bench.timing import interleaved, pairwise_ratio, spread
+from unifork.bench.timing import interleaved, versus
 from unifork.bench.workload import text_prompts
 from unifork.hf.architectures import hf_config
 from unifork.hf.weights import und_path_names
-from unifork.inference.sampler import decode_one, prefill, sample_next
-from unifork.model.unifork import TEXT, Batch, UniFork
+from unifork.inference.sampler import sample_text
+from unifork.model.unifork import Batch, UniFork
 from unifork.sequences import SequenceBuilder
 
 
@@ -33,20 +34,6 @@ def hf_twin(model: UniFork, builder: SequenceBuilder):
     twin.load_state_dict({hf: state[ours] for ours, hf in und_path_names(model.cfg).items()}, strict=True)
     twin.generation_config.eos_token_id = None  # a fixed number of new tokens on both sides
     return twin
-
-
-@torch.inference_mode()
-def sample_text(model: UniFork, batch: Batch, max_new_tokens: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """(B, max_new_tokens) text tokens sampled from the und branch with the KV cache: prefill, then decode_one."""
-    logits, state = prefill(model, "und", batch, max_new_tokens)
-    tokens = []
-    for i in range(max_new_tokens):
-        token = sample_next(logits, temperature=1.0, generator=generator)  # (B,)
-        tokens.append(token)
-        if i < max_new_tokens - 1:
-            logits = decode_one(model, state, token, TEXT)
-    return torch.stack(tokens, dim=1)
 
 
 @torch.inference_mode()
@@ -68,19 +55,10 @@ def hf_generate_figure(model: UniFork, builder: SequenceBuilder, batch_sizes: tu
         if hf_sample_text(twin, batch, new_tokens).shape[1] != new_tokens:
             raise RuntimeError(f"HF generate stopped before {new_tokens} new tokens; the comparison would be unfair")
         t = interleaved(decoders(model, twin, batch, new_tokens), repeats, warmup)
-        tokens = b * new_tokens
-        details[f"batch_{b}"] = {
-            "prompt_tokens": batch.tokens.shape[1],
-            "ours_s": spread(t.wall["ours"]),
-            "hf_s": spread(t.wall["hf"]),
-            "ours_tokens_per_s": tokens / spread(t.wall["ours"])["median"],
-            "hf_tokens_per_s": tokens / spread(t.wall["hf"])["median"],
-            "speedup": pairwise_ratio(t.wall["hf"], t.wall["ours"]),
-            "speedup_cpu_time": pairwise_ratio(t.cpu["hf"], t.cpu["ours"]),
-        }
+        details[f"batch_{b}"] = {"prompt_tokens": batch.tokens.shape[1], **versus(t, "ours", "hf", b * new_tokens)}
     largest = builder.collate(text_prompts(builder, max(batch_sizes)))
     details["profile"] = {
-        "ours": top_ops(lambda: sample_text(model, largest, new_tokens)),
+        "ours": top_ops(lambda: sample_text(model, largest, new_tokens, temperature=1.0)),
         "hf": top_ops(lambda: hf_sample_text(twin, largest, new_tokens)),
     }
     speedup = min(details[f"batch_{b}"]["speedup"]["median"] for b in batch_sizes)
@@ -91,7 +69,7 @@ def decoders(model: UniFork, twin, batch: Batch, new_tokens: int) -> dict:
     """Both sides decoding `new_tokens` from the same prompts."""
 
     def ours():
-        return sample_text(model, batch, new_tokens, torch.Generator().manual_seed(0))
+        return sample_text(model, batch, new_tokens, temperature=1.0, generator=torch.Generator().manual_seed(0))
 
     def hf():
         return hf_sample_text(twin, batch, new_tokens)

@@ -18,7 +18,7 @@ import tempfile
 
 from unifork.bench.timing import pairwise_ratio, spread
 from unifork.bench.workload import bench_model
-from unifork.model.checkpoint import save_model
+from unifork.checkpoint import save_model
 from unifork.model.config import ModelConfig
 
 LOADS = {"full": "None", "gen": "'gen'"}
@@ -26,7 +26,7 @@ LOADS = {"full": "None", "gen": "'gen'"}
 # Run as `python -c` in a fresh process; prints one JSON line. Both peaks are in KiB.
 LOAD_SCRIPT = """
 import json, resource, sys
-from unifork.model.checkpoint import load_model
+from unifork.checkpoint import load_model
 
 def peak_kib():
     try:

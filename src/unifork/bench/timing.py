@@ -60,6 +60,14 @@ def pairwise_ratio(numerator: list[float], denominator: list[float], scale: floa
     return spread([scale * n / d for n, d in zip(numerator, denominator)])
 
 
+def versus(t: Timings, fast: str, slow: str, tokens: int) -> dict:
+    """Each variant's seconds and tokens/s, and how many times faster `fast` is than `slow` (wall and CPU time)."""
+    figure = {f"{name}_s": spread(t.wall[name]) for name in (fast, slow)}
+    figure |= {f"{name}_tokens_per_s": tokens / figure[f"{name}_s"]["median"] for name in (fast, slow)}
+    return figure | {"speedup": pairwise_ratio(t.wall[slow], t.wall[fast]),
+                     "speedup_cpu_time": pairwise_ratio(t.cpu[slow], t.cpu[fast])}  # fmt: skip
+
+
 def machine_info() -> dict:
     """What the figures depend on: torch build, threads, CPU model and the load when the bench started."""
     return {

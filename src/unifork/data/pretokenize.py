@@ -16,10 +16,10 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from unifork.atomic import atomic_save_tensors, atomic_write_text
-from unifork.data.images import CorruptImage, fit_image
 from unifork.data.pretokenized import FORMAT, META_FILE, shard_stem, tokenizer_fingerprint
 from unifork.data.spec import open_source, parse_source
 from unifork.errors import UserError
+from unifork.images import CorruptImage, fit_image
 from unifork.tokenizers.image import ImageTokenizer, images_to_tensor
 
 
@@ -72,12 +72,12 @@ def pretokenize(source: str, tokenizer_dir: str | Path, out: str | Path, latents
     if (out / META_FILE).is_file():  # continue an unfinished run of this very command, nothing else
         before = json.loads((out / META_FILE).read_text())
         if before.get("complete"):
-            raise UserError(f"{out} already holds finished pretokenized data; choose a new --out")
+            raise UserError(f"{out} already holds finished pretokenized data; choose a new out", params=("out",))
         if before != meta:
             raise UserError(f"{out} holds an unfinished pretokenize of another source or tokenizer (or latents "
-                            f"setting); choose a new --out")  # fmt: skip
+                            f"setting); choose a new out", params=("out",))  # fmt: skip
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out} exists and is not an empty folder; choose a new --out")
+        raise UserError(f"out {out} exists and is not an empty folder; choose a new out", params=("out",))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
     for index in tqdm(range(len(names)), desc="pretokenize", unit="shard", disable=not progress):

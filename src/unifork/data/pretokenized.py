@@ -66,7 +66,7 @@ class PretokenizedSource:
                             f"pretokenize again with the run's tokenizer")  # fmt: skip
         if needs_latents and not self.meta["latents"]:
             raise UserError(f"data source '{self.spec}' holds codes only, but the model reads latents (und_input = "
-                            f"\"latents\"); pretokenize without --no-latents")  # fmt: skip
+                            f"\"latents\"); pretokenize it again with latents")  # fmt: skip
 
     def shards(self) -> list[str]:
         return [s["name"] for s in self.meta["shards"]]

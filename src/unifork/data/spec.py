@@ -13,11 +13,11 @@ and resumes them. Readers are imported when opened, so a world run never loads p
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from unifork.data.globs import expand_glob
 from unifork.data.records import Record
 from unifork.errors import UserError
 
@@ -44,18 +44,6 @@ def parse_source(spec: str) -> tuple[str, str]:
         allowed = ", ".join(f"{s}:{'GLOB' if s in GLOB_SCHEMES else 'PATH'}" for s in SCHEMES[1:])
         raise UserError(f"unknown data source '{spec}'; use world, {allowed}")
     return scheme, path
-
-
-def expand_glob(pattern: str, spec: str) -> list[Path]:
-    """Files matching a glob with optional {a,b} / {000..009} braces, sorted; a folder means all files in it."""
-    from braceexpand import braceexpand  # a dependency of webdataset
-
-    if Path(pattern).is_dir():
-        pattern = str(Path(pattern) / "*")
-    files = sorted({Path(p) for part in braceexpand(pattern) for p in glob.glob(part) if Path(p).is_file()})
-    if not files:
-        raise UserError(f"data source '{spec}': no files match {pattern}")
-    return files
 
 
 def check_source(spec: str) -> None:

@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Iterator
 
 from unifork.data.records import Record, record_text
-from unifork.data.spec import expand_glob
+from unifork.data.globs import expand_glob
 from unifork.errors import UserError
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")

@@ -29,6 +29,7 @@ from torch import nn
 
 from unifork.atomic import atomic_save_tensors, atomic_write_text
 from unifork.errors import UserError
+from unifork.images import fit_image
 from unifork.tokenizers.image import images_to_tensor
 from unifork.world import (
     COLORS,
@@ -37,13 +38,12 @@ from unifork.world import (
     Scene,
     World,
     WorldConfig,
-    to_canvas_rgb,
 )
 
 CACHE_NAME = "attribute_classifier_v1"
 ATTRIBUTES = (*COLORS, *SHAPES)
 N_COUNTS = MAX_OBJECTS + 1  # classes per attribute: 0..MAX_OBJECTS objects
-CANVAS = WorldConfig().canvas  # images of any size are resized (nearest) to the world's canvas first
+CANVAS = WorldConfig().canvas  # images of any size are fitted to the world's canvas first (unifork.images)
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,7 @@ class AttributeClassifier(nn.Module):
 
 def to_classifier_input(images) -> torch.Tensor:
     """uint8 images (N, H, W, 3) of any size -> (N, 3, CANVAS, CANVAS) floats in [-1, 1]."""
-    cfg = WorldConfig(canvas=CANVAS)
-    return images_to_tensor(np.stack([to_canvas_rgb(np.asarray(img), cfg) for img in images]))
+    return images_to_tensor(np.stack([fit_image(img, CANVAS) for img in images]))
 
 
 def attribute_targets(scene: Scene) -> list[int]:

@@ -9,13 +9,14 @@ import torch
 
 from unifork.eval.stats import rates
 from unifork.inference.sampler import MAX_IMAGES, sample_image_codes
+from unifork.inference.settings import DEFAULTS, SamplingSettings
 from unifork.tokenizers.image import tensor_to_images
 from unifork.world import CATEGORIES, detect, judge, judge_exact, sample_prompt
 
 
 @torch.no_grad()
-def evaluate_generation(pipeline, prompts_per_category: int = 8, images_per_prompt: int = 4, cfg_scale: float = 3.0,
-                        temperature: float = 1.0, top_k: int = 0, seed: int = 0, heldout: bool = False,
+def evaluate_generation(pipeline, prompts_per_category: int = 8, images_per_prompt: int = 4,
+                        sampling: SamplingSettings = DEFAULTS, seed: int = 0, heldout: bool = False,
                         keep_images: int = 0, return_images: bool = False) -> dict:  # fmt: skip
     """Fraction of images the detector judges correct for their prompt, overall and per category.
 
@@ -32,7 +33,7 @@ def evaluate_generation(pipeline, prompts_per_category: int = 8, images_per_prom
     for category in CATEGORIES:
         prompts = [_prompt(category, rng, heldout) for _ in range(prompts_per_category)]
         captions = [p.text() for p in prompts for _ in range(images_per_prompt)]
-        images = _sample(pipeline, captions, cfg_scale, temperature, top_k, generator)
+        images = _sample(pipeline, captions, sampling, generator)
         for index, (caption, image) in enumerate(zip(captions, images)):
             detected = detect(image)
             ok = judge(caption, category, detected)
@@ -51,13 +52,12 @@ def evaluate_generation(pipeline, prompts_per_category: int = 8, images_per_prom
     return result
 
 
-def _sample(pipeline, captions: list[str], cfg_scale: float, temperature: float, top_k: int,
-            generator: torch.Generator) -> np.ndarray:  # fmt: skip
-    """uint8 images (N, H, W, 3), sampled in batches of at most MAX_IMAGES captions."""
+def _sample(pipeline, prompts: list[str], sampling: SamplingSettings, generator: torch.Generator) -> np.ndarray:
+    """uint8 images (N, H, W, 3), sampled in batches of at most MAX_IMAGES prompts."""
     chunks = []
-    for start in range(0, len(captions), MAX_IMAGES):
-        codes = sample_image_codes(pipeline.model, pipeline.builder, captions[start : start + MAX_IMAGES],
-                                   cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, generator=generator)  # fmt: skip
+    for start in range(0, len(prompts), MAX_IMAGES):
+        codes = sample_image_codes(pipeline.model, pipeline.builder, prompts[start : start + MAX_IMAGES],
+                                   settings=sampling, generator=generator)  # fmt: skip
         chunks.append(tensor_to_images(pipeline.image_tokenizer.decode(codes)))
     return np.concatenate(chunks)
 

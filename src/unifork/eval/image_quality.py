@@ -23,8 +23,9 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from unifork.errors import UserError
 from unifork.eval.attribute_classifier import AttributeClassifier, to_classifier_input
+from unifork.images import fit_image
 from unifork.tokenizers.image import ImageTokenizer, images_to_tensor
-from unifork.world import World, WorldConfig, render, scene_from_prompt, to_canvas_rgb
+from unifork.world import World, render, scene_from_prompt
 
 
 @torch.no_grad()
@@ -35,9 +36,8 @@ def reconstruction_quality(tokenizer: ImageTokenizer, split: str = "test", n_ima
     Both on [0, 1] pixels, averaged over images (per-image PSNR, as the tokenizer's training report computes it);
     SSIM with torchmetrics' defaults (11 px Gaussian window, sigma 1.5).
     """
-    canvas = WorldConfig(canvas=tokenizer.cfg.image_size)
     world = World(seed=seed, split=split)
-    images = np.stack([to_canvas_rgb(world.sample(i).image, canvas) for i in range(n_images)])
+    images = np.stack([fit_image(world.sample(i).image, tokenizer.cfg.image_size) for i in range(n_images)])
     device = next(tokenizer.parameters()).device
     psnr, ssim = [], []
     for chunk in images_to_tensor(images).split(batch_size):

@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from unifork.atomic import atomic_write_text
 from unifork.errors import UserError
+from unifork.inference.settings import DEFAULTS, SamplingSettings
 
 SUITES = ("gen", "und", "all")
 TASK_OF_SUITE = {"gen": "gen", "und": "und", "all": None}  # None: trunk and both branches
@@ -26,7 +26,7 @@ class EvalSettings:
     suite: str = "all"
     images_per_prompt: int = 4  # as GenEval
     prompts_per_category: int = 16
-    cfg_scale: float = 5.0  # best of {1, 3, 5, 7} on the quickstart model (quickstart.py)
+    sampling: SamplingSettings = DEFAULTS  # the same as `unifork generate`'s unless told otherwise
     vqa_scenes: int = 200
     tokenizer_images: int = 256
     seed: int = 0
@@ -36,18 +36,14 @@ class EvalSettings:
     def validate(self) -> None:
         """UserError naming the first setting out of range, before any model is loaded."""
         if self.suite not in SUITES:
-            raise UserError(f"unknown suite '{self.suite}'; choose one of: {', '.join(SUITES)}")
-        counts = (("--images-per-prompt", self.images_per_prompt), ("--prompts-per-category", self.prompts_per_category),
-                  ("--vqa-scenes", self.vqa_scenes), ("tokenizer_images", self.tokenizer_images))  # fmt: skip
-        for flag, value in counts:
-            if not _positive_int(value):
-                raise UserError(f"{flag} must be a positive integer, got {value}")
+            raise UserError(f"unknown suite '{self.suite}'; choose one of: {', '.join(SUITES)}", params=("suite",))
+        for name in ("images_per_prompt", "prompts_per_category", "vqa_scenes", "tokenizer_images"):
+            if not _positive_int(getattr(self, name)):
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}", params=(name,))
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):  # torch seeds are 64-bit
-            raise UserError(f"--seed must be a non-negative integer below 2**63, got {self.seed}")
-        if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
-            raise UserError(f"--cfg must be a finite number >= 0, got {self.cfg_scale}")
+            raise UserError(f"seed must be a non-negative integer below 2**63, got {self.seed}", params=("seed",))
         if self.suite == "und" and self.inception_weights is not None:
-            raise UserError("--inception-weights needs a generation suite (gen or all)")
+            raise UserError("inception_weights needs a generation suite (gen or all)", params=("inception_weights",))
 
 
 def run_eval(ckpt: str | Path, out: str | Path, settings: EvalSettings = EvalSettings(),
@@ -62,7 +58,7 @@ def run_eval(ckpt: str | Path, out: str | Path, settings: EvalSettings = EvalSet
     settings.validate()
     out = Path(out)
     if out.is_dir():
-        raise UserError(f"--out must be a JSON file path, but {out} is a directory")
+        raise UserError(f"out must be a JSON file path, but {out} is a directory", params=("out",))
     if settings.inception_weights is not None:
         require_inception_fid(settings.inception_weights)
     start = time.perf_counter()
@@ -89,7 +85,7 @@ def _generation(pipeline, settings: EvalSettings, cache_dir) -> dict:
     from unifork.eval.image_quality import domain_fid, inception_fid, prompt_renderings
 
     common = dict(prompts_per_category=settings.prompts_per_category, images_per_prompt=settings.images_per_prompt,
-                  cfg_scale=settings.cfg_scale, seed=settings.seed)  # fmt: skip
+                  sampling=settings.sampling, seed=settings.seed)  # fmt: skip
     gen = evaluate_generation(pipeline, **common, return_images=True)
     gen_heldout = evaluate_generation(pipeline, **common, heldout=True)
     generated, captions = gen.pop("images"), gen.pop("captions")

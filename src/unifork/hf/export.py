@@ -16,7 +16,7 @@ from unifork.atomic import atomic_write, atomic_write_text
 from unifork.errors import UserError
 from unifork.hf.architectures import hf_config, hf_tokenizer_config
 from unifork.hf.weights import und_path_names
-from unifork.model.checkpoint import load_model
+from unifork.checkpoint import load_model
 from unifork.tokenizers.text import TextTokenizer
 
 
@@ -26,7 +26,8 @@ def export_hf(ckpt: str | Path, out: str | Path) -> dict:
     if not ckpt.is_dir():
         raise UserError(f"no such checkpoint directory: {ckpt}")
     if out.resolve() == ckpt.resolve():
-        raise UserError(f"--out must differ from --ckpt ({ckpt}): the export would overwrite the checkpoint's config.json")
+        raise UserError(f"out must differ from ckpt ({ckpt}): the export would overwrite the checkpoint's config.json",
+                        params=("out", "ckpt"))  # fmt: skip
     model = load_model(ckpt, task="und")
     text = TextTokenizer.load(ckpt)
     config = hf_config(model.cfg, text)

@@ -1,6 +1,20 @@
-"""Inference: KV-cache sampling over a UniFork model (sampler) and a checkpoint-directory pipeline around it."""
+"""Inference: KV-cache sampling over a UniFork model (sampler), its settings, and a pipeline around a checkpoint
+directory."""
 
-from unifork.inference.pipeline import Pipeline, image_grid, save_pretrained
-from unifork.inference.sampler import answer_questions, sample_image_codes
+from importlib import import_module
 
-__all__ = ["Pipeline", "answer_questions", "image_grid", "sample_image_codes", "save_pretrained"]
+# Loaded on first use (PEP 562): `unifork.inference.settings` has no torch, and importing it must not load the
+# model code, so that the CLI can show the sampling defaults in its help at once.
+_HOMES = {
+    "Pipeline": "pipeline", "image_grid": "pipeline",
+    "CodeRequest": "sampler", "answer_questions": "sampler", "sample_codes_per_request": "sampler",
+    "sample_image_codes": "sampler",
+    "DEFAULT_CFG_SCALE": "settings", "SamplingSettings": "settings",
+}  # fmt: skip
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'unifork.inference' has no attribute '{name}'")
+    return getattr(import_module(f"unifork.inference.{_HOMES[name]}"), name)

@@ -2,8 +2,10 @@
 
     prefill       run a left-padded prompt batch once, filling the cache; logits at the last column
     decode_one    feed one new token per row at the next position; logits for the token after it
-    sample_image_codes   gen branch: autoregressive image codes, classifier-free guidance in one batch
-    answer_questions     und branch: greedy text until EOS
+    sample_codes_per_request   gen branch: the image sampling loop, several requests in one batch, each with its
+                               own settings and generator; classifier-free guidance in the same batch
+    sample_image_codes         one request of it: N prompts, one set of settings, one generator
+    sample_text / answer_questions   und branch: text tokens; greedy answers until EOS
 
 Left padding puts every row's next token in the same column, so one decode step serves the whole batch, and
 `Batch.positions` skips the padding, so a padded row computes exactly what it would alone.
@@ -12,11 +14,14 @@ Left padding puts every row's next token in the same column, so one decode step 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from unifork.errors import UserError
+from unifork.inference.settings import DEFAULTS, SamplingSettings
 from unifork.model.blocks import LayerCache
 from unifork.model.unifork import CODE, LATENT, TASK_ID, TEXT, Batch, UniFork
 from unifork.sequences import SequenceBuilder
@@ -102,36 +107,101 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-@torch.inference_mode()
-def sample_image_codes(model: UniFork, builder: SequenceBuilder, captions: list[str], cfg_scale: float = 3.0,
-                       temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """Image codes (N, image_tokens) for N captions, sampled autoregressively by the gen branch.
+Step = Callable[[torch.Tensor, int], torch.Tensor]  # tokens (B,) of one kind fed -> logits (B, V) of the next
+Decoding = Callable[[UniFork, str, Batch, int], tuple[torch.Tensor, Step]]  # (model, task, prompts, new tokens)
 
-    Classifier-free guidance (Ho & Salimans, arXiv 2207.12598) as LlamaGen does it: the N conditional rows and N
-    unconditional rows (caption "", the null condition seen in training) run as one batch of 2N, and each step
-    samples from uncond + scale * (cond - uncond). At scale 1 that is the conditional logits, so the unconditional
-    rows are skipped and guidance costs nothing.
+
+def cached_decoding(model: UniFork, task: str, batch: Batch, max_new_tokens: int) -> tuple[torch.Tensor, Step]:
+    """Prefill once, then one cached decode step per token: how the samplers here decode (the bench swaps it)."""
+    logits, state = prefill(model, task, batch, max_new_tokens)
+    return logits, partial(decode_one, model, state)
+
+
+@dataclass
+class CodeRequest:
+    """Images drawn with one set of settings from one generator (None: torch's global one)."""
+
+    prompts: list[str]  # one per image
+    settings: SamplingSettings = DEFAULTS
+    generator: torch.Generator | None = None
+
+
+@torch.inference_mode()
+def sample_codes_per_request(model: UniFork, builder: SequenceBuilder, requests: list[CodeRequest],
+                             decoding: Decoding = cached_decoding) -> list[torch.Tensor]:  # fmt: skip
+    """Image codes (n_j, image_tokens) for each request j, sampled autoregressively by the gen branch in one batch.
+
+    Classifier-free guidance (Ho & Salimans, arXiv 2207.12598) as LlamaGen does it: a guided request's n
+    conditional rows get n unconditional twins (prompt "", the null condition seen in training) in the same batch,
+    and each step samples from uncond + scale * (cond - uncond). At scale 1 that is the conditional logits, so the
+    twins are skipped and guidance costs nothing. Rows: every request's conditional rows, then the twins.
+
+    Each step draws once per request, over its own rows, from its own generator; never one draw over the batch,
+    which would hand a request's random numbers to whichever requests sit before it. So a request samples the same
+    codes alone or batched with others.
     """
-    validate_sampling(len(captions), cfg_scale, temperature, top_k, top_p)
+    for r in requests:
+        check_images(len(r.prompts))
+    total = sum(len(r.prompts) for r in requests)
+    check_images(total)
     require_branch(model, "gen")
-    n, guided = len(captions), cfg_scale != 1.0
-    prompts = [builder.generate(c) for c in captions] + [builder.generate("")] * (n if guided else 0)
+    # feeds[row]: the conditional row whose sampled code `row` is fed next (itself, or its guided twin)
+    cond, uncond, feeds = [], [], list(range(total))
+    start = 0
+    for r in requests:
+        n = len(r.prompts)
+        cond.append(slice(start, start + n))
+        if r.settings.cfg_scale != 1.0:
+            uncond.append(slice(len(feeds), len(feeds) + n))
+            feeds += range(start, start + n)
+        else:
+            uncond.append(None)
+        start += n
+    prompts = [p for r in requests for p in r.prompts] + [""] * (len(feeds) - total)
     device = next(model.parameters()).device
-    batch = builder.collate(prompts).to(device)
+    batch = builder.collate([builder.generate(p) for p in prompts]).to(device)
+    feed_rows = torch.tensor(feeds, device=device)
     length = model.cfg.image_tokens
-    logits, state = prefill(model, "gen", batch, length)
+    logits, step = decoding(model, "gen", batch, length)
     codes = []
     for i in range(length):
         logits = logits.float()  # guidance and filtering in float32 whatever the model's dtype
-        if guided:
-            cond, uncond = logits[:n], logits[n:]
-            logits = uncond + cfg_scale * (cond - uncond)
-        code = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
+        code = torch.empty(total, dtype=torch.long, device=device)
+        for r, c, u in zip(requests, cond, uncond):
+            s = r.settings
+            guided = logits[c] if u is None else logits[u] + s.cfg_scale * (logits[c] - logits[u])
+            code[c] = sample_next(guided, s.temperature, s.top_k, s.top_p, r.generator)
         codes.append(code)
-        if i < length - 1:  # both halves continue from the same sampled code
-            logits = decode_one(model, state, code.repeat(2 if guided else 1), CODE)
-    return torch.stack(codes, dim=1)
+        if i < length - 1:  # an unconditional row continues from its conditional row's code
+            logits = step(code[feed_rows], CODE)
+    codes = torch.stack(codes, dim=1)  # (total, image_tokens)
+    return [codes[c] for c in cond]
+
+
+def sample_image_codes(model: UniFork, builder: SequenceBuilder, prompts: list[str], settings: SamplingSettings = DEFAULTS,
+                       generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """Image codes (N, image_tokens) for N prompts: one request, so one draw over its N rows per step."""
+    return sample_codes_per_request(model, builder, [CodeRequest(list(prompts), settings, generator)])[0]
+
+
+@torch.inference_mode()
+def sample_text(model: UniFork, batch: Batch, max_new_tokens: int, temperature: float = 0.0,
+                generator: torch.Generator | None = None, eos_id: int | None = None) -> torch.Tensor:  # fmt: skip
+    """Text tokens (B, T <= max_new_tokens) from the und branch for a prompt batch; greedy at temperature 0.
+
+    With eos_id, decoding stops once every row has produced it (a finished row keeps stepping with the batch).
+    """
+    logits, step = cached_decoding(model, "und", batch, max_new_tokens)
+    tokens, finished = [], torch.zeros(batch.tokens.shape[0], dtype=torch.bool, device=batch.tokens.device)
+    for i in range(max_new_tokens):
+        token = sample_next(logits, temperature, generator=generator)  # (B,)
+        tokens.append(token)
+        if eos_id is not None:
+            finished |= token == eos_id
+        if finished.all() or i == max_new_tokens - 1:
+            break
+        logits = step(token, TEXT)
+    return torch.stack(tokens, dim=1)
 
 
 @torch.inference_mode()
@@ -159,33 +229,16 @@ def answer_questions(model: UniFork, builder: SequenceBuilder, codes: torch.Tens
     # An answer that runs into the context limit is cut there rather than failing the whole batch.
     max_new_tokens = min(max_new_tokens, model.cfg.max_seq_len - batch.tokens.shape[1] + 1)
     eos = builder.text.eos_id
-    logits, state = prefill(model, "und", batch, max_new_tokens)
-    tokens, finished = [], torch.zeros(n, dtype=torch.bool, device=param.device)
-    for i in range(max_new_tokens):
-        token = logits.argmax(dim=-1)  # (N,)
-        tokens.append(token)
-        finished |= token == eos
-        if finished.all() or i == max_new_tokens - 1:
-            break
-        logits = decode_one(model, state, token, TEXT)
     answers = []
-    for row in torch.stack(tokens, dim=1).tolist():
+    for row in sample_text(model, batch, max_new_tokens, eos_id=eos).tolist():
         answers.append(builder.text.decode(row[: row.index(eos)] if eos in row else row))
     return answers
 
 
-def validate_sampling(n: int, cfg_scale: float, temperature: float, top_k: int, top_p: float) -> None:
-    """Raise a UserError naming the first sampling setting out of range."""
-    checks = [
-        (_integer(n) and 1 <= n <= MAX_IMAGES, f"n (the number of images) must be between 1 and {MAX_IMAGES}, got {n}"),
-        (_finite(cfg_scale) and cfg_scale >= 0, f"cfg_scale must be a finite number >= 0, got {cfg_scale}"),
-        (_finite(temperature) and temperature >= 0, f"temperature must be a finite number >= 0, got {temperature}"),
-        (_integer(top_k) and top_k >= 0, f"top_k must be an integer >= 0 (0 = off), got {top_k}"),
-        (_finite(top_p) and 0 < top_p <= 1, f"top_p must be in (0, 1] (1 = off), got {top_p}"),
-    ]  # fmt: skip
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+def check_images(n) -> None:
+    """n, the number of images one call samples: an integer from 1 to MAX_IMAGES."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
+        raise UserError(f"n (the number of images) must be between 1 and {MAX_IMAGES}, got {n}")
 
 
 def require_branch(model: UniFork, task: str) -> None:
@@ -195,11 +248,3 @@ def require_branch(model: UniFork, task: str) -> None:
             f"cannot {action}: the '{task}' branch is not loaded (loaded: {', '.join(model.tasks)}); "
             f"load the checkpoint with task='{task}' or with both branches"
         )
-
-
-def _integer(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

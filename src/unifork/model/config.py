@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from unifork.atomic import atomic_write_text
+from unifork.config_fields import checked_fields
 from unifork.errors import UserError
 
 UND_INPUTS = ("latents", "codes")
@@ -56,15 +57,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "model config") -> "ModelConfig":
-        if not isinstance(d, dict):
-            raise UserError(f"{source} must be a JSON object of model settings, got {type(d).__name__}")
-        known = {f.name: f.type for f in fields(cls)}
-        for key, value in d.items():
-            if key not in known:
-                raise UserError(f"unknown key '{key}' in {source}; known keys: {', '.join(known)}")
-            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[known[key]]
-            if not isinstance(value, expected) or (isinstance(value, bool) and known[key] != "bool"):
-                raise UserError(f"'{key}' in {source} must be {known[key]}, got {value!r}")
+        d = checked_fields(d, cls, source)
         try:
             return cls(**d)
         except UserError as err:

@@ -3,7 +3,7 @@
     server.py      `unifork serve`: builds the app (API at /v1, Gradio demo at /ui) and runs it under uvicorn
     api.py         the REST routes and their JSON errors        ui.py        the Gradio tabs
     engine.py      bounded queue, batching, timeouts, cancellation, the one worker thread
-    runner.py      what the worker runs on the model         batched_sampling.py   per-request seeds in one batch
+    runner.py      what the worker runs on the model (inference.sampler.sample_codes_per_request: per-request seeds)
     schemas.py, limits.py, images.py, body_limit.py, errors.py   request validation and its bounds
     loadtest.py    `unifork loadtest`: latency, throughput and the batching speedup
 """

@@ -10,9 +10,9 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from unifork.images import to_rgb
 from unifork.serve.errors import FieldError
 from unifork.serve.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
-from unifork.world.detect import pil_to_rgb
 
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 
@@ -27,7 +27,8 @@ def decode_base64_image(text: str, field: str) -> Image.Image:
 
 
 def decode_image(data: bytes, field: str) -> Image.Image:
-    """An RGB image from the bytes of any file PIL reads; every way it can fail is a FieldError naming `field`."""
+    """An upright RGB image from the bytes of any file PIL reads (unifork.images.to_rgb; the pipeline crops and
+    resizes it as training data is); every way it can fail is a FieldError naming `field`."""
     if not data:
         raise FieldError(field, "is empty; send an image file")
     if len(data) > MAX_IMAGE_BYTES:
@@ -41,7 +42,7 @@ def decode_image(data: bytes, field: str) -> Image.Image:
                 raise FieldError(field, f"is {w}x{h} pixels; the limit is {MAX_IMAGE_SIDE} per side and "
                                         f"{MAX_IMAGE_PIXELS} in all", status=413)  # fmt: skip
             image.load()  # a truncated file fails here, not later in the worker
-            return pil_to_rgb(image)
+            return to_rgb(image)
     except FieldError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from unifork.inference.pipeline import Pipeline
-from unifork.serve.batched_sampling import CodeRequest, sample_codes_per_request
+from unifork.inference.sampler import CodeRequest, sample_codes_per_request
+from unifork.inference.settings import SamplingSettings
 from unifork.serve.errors import FieldError
 from unifork.serve.limits import MAX_SEED
 from unifork.serve.schemas import GenerateRequest
@@ -21,17 +22,14 @@ ANSWER_TOKENS = 32  # longest answer; the shapes world's answers are a few words
 class GenerateWork:
     prompt: str
     n: int
-    cfg: float
-    temperature: float
-    top_k: int
-    top_p: float
+    settings: SamplingSettings
     seed: int
 
     @classmethod
     def from_request(cls, body: GenerateRequest) -> GenerateWork:
         """A request without a seed gets a random one, returned to the client so it can ask again."""
         seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        return cls(body.prompt, body.n, body.cfg, body.temperature, body.top_k, body.top_p, seed)
+        return cls(body.prompt, body.n, SamplingSettings(body.cfg, body.temperature, body.top_k, body.top_p), seed)
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,8 @@ class ModelRunner:
 
     def generate(self, works: list[GenerateWork]) -> list[list[Image.Image]]:
         device = self.pipe.device
-        requests = [CodeRequest(w.prompt, w.n, w.cfg, w.temperature, w.top_k, w.top_p,
-                                torch.Generator(device=device).manual_seed(w.seed)) for w in works]  # fmt: skip
+        requests = [CodeRequest([w.prompt] * w.n, w.settings, torch.Generator(device=device).manual_seed(w.seed))
+                    for w in works]  # fmt: skip
         codes = sample_codes_per_request(self.pipe.model, self.pipe.builder, requests)
         # Decoded per request, as it would be alone: a convolution's float rounding may depend on the batch it
         # runs in, and a pixel rounding the other way would break "same seed, same image" for no gain.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from unifork.inference.settings import DEFAULT_IMAGES, DEFAULTS, SamplingSettings
 from unifork.serve.limits import (
     MAX_CFG,
     MAX_IMAGE_BYTES,
@@ -22,6 +23,15 @@ from unifork.serve.limits import (
 STRICT = ConfigDict(strict=True, extra="forbid")
 
 
+def _sampling_field(name: str, **server_bounds: float):
+    """A sampling setting as a request field: default, range and help from unifork.inference.settings, plus the
+    server's own upper bound."""
+    default = getattr(DEFAULTS, name)
+    finite = {"allow_inf_nan": False} if isinstance(default, float) else {}
+    bounds = {**SamplingSettings.bounds(name), **server_bounds}
+    return Field(default, **bounds, **finite, description=SamplingSettings.help(name))
+
+
 def _utf8_at_most(text: str, limit: int) -> str:
     if "\x00" in text:
         raise ValueError("must not contain NUL characters")
@@ -34,11 +44,11 @@ class GenerateRequest(BaseModel):
     model_config = STRICT
 
     prompt: str = Field(description=f"caption to draw, at most {MAX_PROMPT_BYTES} bytes; \"\" samples unconditionally")
-    n: int = Field(4, ge=1, le=MAX_IMAGES_PER_REQUEST, description="number of images")
-    cfg: float = Field(3.0, ge=0, le=MAX_CFG, allow_inf_nan=False, description="classifier-free guidance scale (1 = off)")
-    temperature: float = Field(1.0, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy")
-    top_k: int = Field(0, ge=0, le=MAX_TOP_K, description="sample among the k most likely codes (0 = off)")
-    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="nucleus mass (1 = off)")
+    n: int = Field(DEFAULT_IMAGES, ge=1, le=MAX_IMAGES_PER_REQUEST, description="number of images")
+    cfg: float = _sampling_field("cfg_scale", le=MAX_CFG)  # `cfg` in the API, cfg_scale in Python
+    temperature: float = _sampling_field("temperature", le=MAX_TEMPERATURE)
+    top_k: int = _sampling_field("top_k", le=MAX_TOP_K)
+    top_p: float = _sampling_field("top_p")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same request and seed, same images; omitted: random")
 
     @field_validator("prompt")

@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 from pydantic import ValidationError
 
+from unifork.inference.settings import DEFAULT_IMAGES, DEFAULTS
 from unifork.serve.engine import Engine
 from unifork.serve.errors import (
     ClientGone,
@@ -62,12 +63,13 @@ def build_ui(engine: Engine, runner: ModelRunner, alignment_plot: Path | None, c
 def _generate_tab(engine: Engine, runner: ModelRunner, generated: gr.State) -> gr.Gallery:
     prompt = gr.Textbox(label="Prompt", placeholder="two red circles to the left of a blue square", elem_id="prompt")
     with gr.Row():
-        n = gr.Slider(1, MAX_IMAGES_PER_REQUEST, value=4, step=1, label="Images")
-        cfg = gr.Slider(0, 15, value=3.0, step=0.5, label="Guidance scale (1 = off)")
-        temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = greedy)")
+        n = gr.Slider(1, MAX_IMAGES_PER_REQUEST, value=DEFAULT_IMAGES, step=1, label="Images")
+        cfg = gr.Slider(0, 15, value=DEFAULTS.cfg_scale, step=0.5, label="Guidance scale (1 = off)")
+        temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)")
     with gr.Row():
-        top_k = gr.Slider(0, runner.info()["config"]["image_vocab_size"], value=0, step=1, label="Top-k (0 = off)")
-        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p (1 = off)")
+        vocab = runner.info()["config"]["image_vocab_size"]
+        top_k = gr.Slider(0, vocab, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
+        top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.05, label="Top-p (1 = off)")
         seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="seed")
     button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     gallery = gr.Gallery(label="Images", columns=4, format="png", elem_id="gallery", interactive=False)

@@ -23,14 +23,14 @@ def run_study(out: str | Path, quick: bool = False, forks: tuple[int, ...] | Non
     """Run the study into `out` and return study.json's content. forks/seeds/steps override the preset."""
     from unifork.study.summary import write_summary
     from unifork.train.recipe import load_recipe
-    from unifork.tokenizers.train_image import train_image_tokenizer
+    from unifork.train.image_tokenizer import train_image_tokenizer
 
     preset = preset or PRESETS["quick" if quick else "default"]
     preset = replace(preset, forks=tuple(forks or preset.forks), seeds=tuple(seeds or preset.seeds))
     base = load_recipe(preset.recipe)
     if steps is not None:
         if steps < 1:
-            raise UserError(f"--steps must be at least 1, got {steps}")
+            raise UserError(f"steps must be at least 1, got {steps}", params=("steps",))
         base = replace(base, stages=tuple(replace(s, steps=steps) for s in base.stages))
     bad = [k for k in preset.forks if not 0 <= k <= base.model.n_layers]
     if bad:
@@ -40,7 +40,8 @@ def run_study(out: str | Path, quick: bool = False, forks: tuple[int, ...] | Non
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else out / "tokenizer"
     if not (tok_dir / "model.safetensors").is_file():
         if tokenizer_dir:
-            raise UserError(f"--tokenizer {tok_dir} holds no image tokenizer; train one with `unifork tokenizer train`")
+            raise UserError(f"tokenizer_dir {tok_dir} holds no image tokenizer; train one with `unifork tokenizer train`",
+                            params=("tokenizer_dir",))  # fmt: skip
         print(f"training the tokenizers shared by every model into {tok_dir}")
         train_image_tokenizer(tok_dir, progress=progress)
     results = []
@@ -81,7 +82,7 @@ def evaluate_model(checkpoint: Path, preset: StudyPreset) -> dict:
     pipeline = Pipeline.from_pretrained(checkpoint)
     vqa = evaluate_vqa(pipeline, split="test", n_scenes=preset.vqa_scenes)
     gen = evaluate_generation(pipeline, prompts_per_category=preset.prompts_per_category,
-                              images_per_prompt=preset.images_per_prompt, cfg_scale=preset.cfg_scale)  # fmt: skip
+                              images_per_prompt=preset.images_per_prompt, sampling=preset.sampling)  # fmt: skip
     alignment = model_alignment(pipeline, n=preset.align_samples, k=preset.align_k)
     return {
         "parameters": pipeline.model.param_counts(),

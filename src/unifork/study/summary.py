@@ -47,7 +47,7 @@ def write_summary(out: Path, preset, recipe, results: list[dict]) -> dict:
             "recipe": str(preset.recipe), "model": f"d_model {recipe.model.d_model}, {n_layers} layers",
             "steps": sum(s.steps for s in recipe.stages), "batch_size": recipe.stages[0].batch_size,
             "forks": list(preset.forks), "seeds": list(preset.seeds), "vqa_scenes": preset.vqa_scenes,
-            "gen_images": 6 * preset.prompts_per_category * preset.images_per_prompt, "cfg_scale": preset.cfg_scale,
+            "gen_images": 6 * preset.prompts_per_category * preset.images_per_prompt, "cfg_scale": preset.sampling.cfg_scale,
             "align_samples": preset.align_samples, "align_k": preset.align_k,
             "chance_alignment": results[0]["alignment"]["chance"],
         },

@@ -7,7 +7,7 @@ continuous latents (the understanding branch reads them through an MLP projector
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from unifork.atomic import atomic_save_tensors, atomic_write_text
+from unifork.config_fields import checked_fields
 from unifork.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -51,22 +52,13 @@ class ImageTokenizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageTokenizerConfig":
-        if not isinstance(d, dict):
-            raise UserError(f"an image tokenizer config is a JSON object of settings, got {type(d).__name__}")
-        d = {k: v for k, v in d.items() if k != "kind"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown key '{unknown[0]}' in image tokenizer config; known keys: {', '.join(sorted(known))}")
-        for key, value in d.items():  # sizes are integers >= 1 (or non-empty lists of them), the quantizer a name
-            is_list = key in ("channels", "fsq_levels")
-            sizes = value if is_list and isinstance(value, list) and value else [value]
-            if key != "quantizer" and not all(type(v) is int and v >= 1 for v in sizes):
-                want = "a non-empty list of integers >= 1" if is_list else "an integer >= 1"
-                raise UserError(f"'{key}' in image tokenizer config must be {want}, got {value!r}")
-        for key in ("channels", "fsq_levels"):
-            if key in d:
-                d[key] = tuple(d[key])
+        where = "image tokenizer config"
+        if isinstance(d, dict):
+            d = {k: v for k, v in d.items() if k != "kind"}
+        d = checked_fields(d, cls, where)
+        for key, value in d.items():  # every size is at least 1
+            if key != "quantizer" and min(value if isinstance(value, tuple) else (value,)) < 1:
+                raise UserError(f"'{key}' in {where} must be at least 1 (every entry), got {value!r}")
         cfg = cls(**d)
         if cfg.image_size % 2 ** len(cfg.channels):
             raise UserError(f"image_size {cfg.image_size} in image tokenizer config must be a multiple of "

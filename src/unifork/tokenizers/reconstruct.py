@@ -7,15 +7,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unifork.images import fit_image
 from unifork.tokenizers.image import ImageTokenizer, images_to_tensor, tensor_to_images
-from unifork.world import WorldConfig, load_image
 
 
 def reconstruct_image(tokenizer_dir: str | Path, image_path: str | Path, out: str | Path) -> dict:
     """Encode `image_path` to codes, decode them to `out` (PNG); returns the codes and the PSNR in dB."""
     tokenizer = ImageTokenizer.load(tokenizer_dir)
-    canvas = tokenizer.cfg.image_size
-    image = load_image(image_path, WorldConfig(canvas=canvas))
+    image = fit_image(image_path, tokenizer.cfg.image_size)  # prepared as training data is
     codes = tokenizer.encode(images_to_tensor(image[None]))
     recon = tensor_to_images(tokenizer.decode(codes))[0]
     Image.fromarray(recon).save(out)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from unifork.errors import UserError
-from unifork.manifest import (
+from unifork.checkpoint import (
     MANIFEST_FILE,
     has_manifest,
     verify_manifest,

@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 from unifork.errors import UserError
-from unifork.train.data import check_split
-from unifork.train.recipe import load_recipe
+from unifork.train.recipe import check_split, load_recipe
 
 
 def launch(nproc: int, config: str, out: str, resume: bool = False, device: str | None = None,
@@ -18,9 +17,10 @@ def launch(nproc: int, config: str, out: str, resume: bool = False, device: str 
     --standalone picks a free local port for the rendezvous; a multi-node cluster runs torchrun itself.
     """
     if nproc < 1:
-        raise UserError(f"--nproc must be at least 1, got {nproc}")
+        raise UserError(f"nproc must be at least 1, got {nproc}", params=("nproc",))
     if "WORLD_SIZE" in os.environ:
-        raise UserError("--nproc starts processes; under torchrun leave it out (--nproc-per-node sets the world)")
+        raise UserError("nproc starts processes; under torchrun leave it out (torchrun's --nproc-per-node sets the world)",
+                        params=("nproc",))  # fmt: skip
     check_split(load_recipe(config).stages, nproc)  # a bad recipe is one line here, not N tracebacks from torchrun
     args = ["--config", str(config), "--out", str(out), "--strategy", strategy]
     args += ["--resume"] * resume + ["--compile"] * compile

@@ -1,10 +1,9 @@
 """Optimizer and schedule over the parameters a stage trains (the rest frozen): AdamW, or Muon on the blocks'
-matrices with AdamW on the rest (muon.py); warmup + cosine."""
+matrices with AdamW on the rest (muon.py); the stage's warmup + cosine schedule."""
 
 from __future__ import annotations
 
 import fnmatch
-import math
 
 import torch
 
@@ -12,15 +11,11 @@ from unifork.errors import UserError
 from unifork.model.unifork import UniFork
 from unifork.train.muon import Muon, MuonWithAdamW
 from unifork.train.recipe import PARAM_GROUPS_HELP, StageConfig
+from unifork.train.schedule import warmup_cosine
 
 
 def lr_at(stage: StageConfig, step: int) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
-    if step < stage.warmup:
-        return stage.lr * (step + 1) / stage.warmup
-    progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
-    floor = stage.lr * stage.min_lr_ratio
-    return floor + (stage.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(step, stage.steps, stage.lr, stage.warmup, stage.min_lr_ratio)
 
 
 def parameter_names(model: UniFork) -> dict[torch.nn.Parameter, list[str]]:
@@ -51,7 +46,8 @@ def set_trainable(model: UniFork, patterns: tuple[str, ...]) -> list[torch.nn.Pa
 def check_optimizer_strategy(stages: tuple[StageConfig, ...], distributed: bool, strategy: str) -> None:
     """Muon orthogonalises whole matrices; FSDP gives each rank a shard of them."""
     if distributed and strategy == "fsdp" and any(stage.optimizer == "muon" for stage in stages):
-        raise UserError("optimizer = 'muon' needs whole weight matrices on every rank; use --strategy ddp (FSDP shards them)")
+        raise UserError("optimizer = 'muon' needs whole weight matrices on every rank; use strategy ddp (FSDP shards them)",
+                        params=("strategy",))  # fmt: skip
 
 
 def make_optimizer(model: UniFork, stage: StageConfig) -> torch.optim.AdamW | MuonWithAdamW:

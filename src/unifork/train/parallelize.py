@@ -48,7 +48,7 @@ def wrap(model: UniFork, ranks: Ranks, strategy: str) -> nn.Module:
         # weights without a gradient on every rank; the buffers are constant RoPE tables, nothing to sync.
         device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True, forward_sync_buffers=False)
-    raise UserError(f"unknown --strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
+    raise UserError(f"unknown strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}", params=("strategy",))
 
 
 def compile_blocks(model: UniFork) -> bool:

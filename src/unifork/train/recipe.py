@@ -8,11 +8,15 @@ A recipe either builds a fresh model from its [model] table, or starts from `ini
 from __future__ import annotations
 
 import math
+import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from unifork.data.spec import check_source
+from unifork.config_fields import checked_fields
+from unifork.configs import packaged_recipe, packaged_recipes
+from unifork.data.config import DataConfig
+from unifork.data.spec import check_source, parse_source
 from unifork.errors import UserError
 from unifork.model.config import ModelConfig, named_config
 
@@ -41,17 +45,6 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    seed: int = 0
-    pool_size: int = 8000  # world samples encoded once by the frozen image tokenizer and reused
-    caption_dropout: float = 0.1  # captions replaced by the null condition, for classifier-free guidance
-    und_turns: int = 4  # questions packed per understanding example (one image, several answers)
-    # "world" or SCHEME:PATH for data on disk: folder, webdataset, hf, parquet, pretokenized (unifork/data/spec.py)
-    source: str = "world"
-    shuffle_buffer: int = 1000  # data on disk: records held for shuffling (shard order is shuffled too)
-
-
-@dataclass(frozen=True)
 class Recipe:
     model: ModelConfig
     data: DataConfig
@@ -62,30 +55,12 @@ class Recipe:
     model_keys: dict = field(default_factory=dict)  # what [model] stated (a `size` as its keys), checked against it
 
 
-def _check_keys(table: dict, cls, where: str) -> dict:
-    """Every key known, every value of its type; numbers (all counts and rates here) finite and >= 0."""
-    if not isinstance(table, dict):
-        raise UserError(f"{where} must be a table of keys, got {table!r}")
-    known = {f.name: f.type for f in fields(cls)}
-    for key, value in table.items():
-        if key not in known:
-            raise UserError(f"unknown key '{key}' in {where}; known keys: {', '.join(known)}")
-        expected = {"int": int, "float": (int, float), "str": str, "dict": dict, "tuple": list}.get(known[key])
-        if expected and (not isinstance(value, expected) or isinstance(value, bool)):
-            raise UserError(f"'{key}' in {where} must be of type {known[key]}, got {value!r}")
-        if known[key] in ("int", "float") and not 0 <= value < math.inf:
-            raise UserError(f"'{key}' in {where} must be a finite number >= 0, got {value!r}")
-    return table
-
-
 def _stage(table: dict, index: int, source: str) -> StageConfig:
     where = f"stage {index + 1} of {source}"
-    table = dict(_check_keys(table, StageConfig, where))
+    table = checked_fields(table, StageConfig, where, non_negative=True)
     for key in ("name", "steps"):
         if key not in table:
             raise UserError(f"{where} has no '{key}'")
-    if "train" in table:
-        table["train"] = tuple(table["train"])
     stage = StageConfig(**table)
     for key in ("steps", "batch_size", "save_every", "keep_last", "max_bad_steps"):
         if getattr(stage, key) < 1:
@@ -102,10 +77,19 @@ def _stage(table: dict, index: int, source: str) -> StageConfig:
     return stage
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def find_recipe(path: str | Path) -> Path:
+    """A recipe file, or the name of a recipe that ships with unifork (unifork/configs/, e.g. "quickstart")."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such recipe file: {path}; see configs/ for examples")
+    if path.is_file():
+        return path
+    packaged = packaged_recipe(str(path)) if path.suffix == "" and len(path.parts) == 1 else None
+    if packaged is None:
+        raise UserError(f"no such recipe file: {path}; give a TOML file or a packaged recipe: {', '.join(packaged_recipes())}")
+    return packaged
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = find_recipe(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -126,7 +110,7 @@ def load_recipe(path: str | Path) -> Recipe:
     init_checkpoint = raw.get("init_checkpoint", "")
     if init_checkpoint and raw.get("tokenizer_dir"):
         raise UserError(f"{path} sets both init_checkpoint and tokenizer_dir; the checkpoint brings its tokenizers, drop tokenizer_dir")
-    data = DataConfig(**_check_keys(raw.get("data", {}), DataConfig, f"[data] of {path}"))
+    data = DataConfig(**checked_fields(raw.get("data", {}), DataConfig, f"[data] of {path}", non_negative=True))
     check_source(data.source)  # a bad scheme or a missing path fails now, not after the tokenizers train
     for key in ("pool_size", "und_turns", "shuffle_buffer"):
         if getattr(data, key) < 1:
@@ -140,9 +124,33 @@ def load_recipe(path: str | Path) -> Recipe:
                   init_checkpoint=init_checkpoint, model_keys=stated)  # fmt: skip
 
 
+def resolved_recipe(recipe: Recipe, model: ModelConfig) -> str:
+    """The recipe as TOML with every default spelled out, `model` (the one trained) as its [model] table and paths
+    made absolute: `unifork train --config` on it, from any directory, trains the same model again."""
+    import tomlkit
+
+    def absolute(path: str) -> str:
+        return os.path.abspath(path) if path else ""
+
+    scheme, path = parse_source(recipe.data.source)
+    data = replace(recipe.data, source=f"{scheme}:{absolute(path)}" if path else scheme)
+    table = {"seed": recipe.seed, "tokenizer_dir": absolute(recipe.tokenizer_dir),
+             "init_checkpoint": absolute(recipe.init_checkpoint), "model": asdict(model), "data": asdict(data),
+             "stages": [asdict(stage) | {"train": list(stage.train)} for stage in recipe.stages]}  # fmt: skip
+    return "# The fully resolved recipe this was trained with (unifork train --config FILE --out DIR).\n" + tomlkit.dumps(table)
+
+
 def check_model_agrees(recipe: Recipe, cfg: ModelConfig, source: str) -> None:
     """Starting from a checkpoint, the model is the checkpoint's: a [model] table may only restate its values."""
     for key, value in recipe.model_keys.items():
         if getattr(cfg, key) != value:
             raise UserError(f"[model] {key} = {value!r} disagrees with init_checkpoint {source} ({key} = {getattr(cfg, key)!r}); "
                             "the checkpoint fixes the model: drop the key (or the whole [model] table)")  # fmt: skip
+
+
+def check_split(stages: tuple[StageConfig, ...], world: int) -> None:
+    """Every rank needs at least one row of each global batch."""
+    for stage in stages:
+        if stage.batch_size < world:
+            raise UserError(f"stage '{stage.name}': batch_size {stage.batch_size} is the global batch, smaller than "
+                            f"the {world} processes sharing it")  # fmt: skip

@@ -2,8 +2,8 @@
 
 from unifork.world.captions import CANONICAL, CATEGORIES, canonical_caption, phrase, scene_captions
 from unifork.world.dataset import SCENE_SOURCES, SPLITS, Sample, World
-from unifork.world.detect import detect, to_canvas_rgb
-from unifork.world.export import export_world, load_image
+from unifork.world.detect import detect
+from unifork.world.export import export_world
 from unifork.world.judge import judge, judge_exact
 from unifork.world.layout import place
 from unifork.world.prompts import ObjectGroup, PromptSpec, Relation, parse_prompt, sample_prompt, scene_from_prompt
@@ -15,7 +15,6 @@ from unifork.world.spec import COLORS, MAX_OBJECTS, SHAPES, SIZES, Scene, SceneO
 __all__ = [
     "CANONICAL", "CATEGORIES", "COLORS", "MAX_OBJECTS", "QUESTION_TYPES", "RELATIONS", "SCENE_SOURCES", "SHAPES",
     "SIZES", "SPLITS", "ObjectGroup", "PromptSpec", "Relation", "Sample", "Scene", "SceneObject", "World",
-    "WorldConfig", "canonical_caption", "detect", "export_world", "judge", "judge_exact", "load_image", "parse_prompt", "phrase",
+    "WorldConfig", "canonical_caption", "detect", "export_world", "judge", "judge_exact", "parse_prompt", "phrase",
     "place", "questions_for", "relation_holds", "render", "sample_prompt", "scene_captions", "scene_from_prompt",
-    "to_canvas_rgb",
 ]

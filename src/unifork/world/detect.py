@@ -9,12 +9,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from unifork.errors import UserError
+from unifork.images import BACKGROUND, fit_image
 from unifork.world.render import shape_mask
-from unifork.world.spec import BACKGROUND, COLORS, SHAPES, SIZES, SceneObject, WorldConfig
+from unifork.world.spec import COLORS, SHAPES, SIZES, SceneObject, WorldConfig
 
 # Blobs smaller than this are noise: the smallest object (a small triangle, 71 px) keeps well over half its
 # pixels under a 3x3 blur, while isolated misclassified pixels form blobs of a few pixels.
@@ -26,53 +25,6 @@ CENTER_SEARCH = 2
 _COLOR_NAMES = tuple(COLORS)
 _PALETTE = np.array([COLORS[c] for c in _COLOR_NAMES], dtype=np.float32)  # (K, 3)
 _WHITE = np.array(BACKGROUND, dtype=np.float32)
-
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Any numeric array to 0..255 uint8: floats in [0, 1] are scaled up, values above 255 (16-bit) divided by 257."""
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    if arr.dtype == np.uint8:
-        return arr
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise UserError(f"an image array must hold integers or floats, got dtype {arr.dtype}")
-    values = np.nan_to_num(arr.astype(np.float64))
-    top = values.max()
-    if np.issubdtype(arr.dtype, np.floating) and top <= 1.0:
-        values = values * 255
-    elif top > 255:
-        values = values / 257
-    return np.clip(values, 0, 255).round().astype(np.uint8)
-
-
-def pil_to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB: 16-bit and float greys rescaled, transparency composited onto the white background."""
-    if img.mode.startswith("I;16"):
-        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).round().astype(np.uint8), "L")
-    elif img.mode in ("I", "F"):
-        img = Image.fromarray(_to_uint8(np.asarray(img)), "L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        background = Image.new("RGBA", img.size, (*BACKGROUND, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
-    return img.convert("RGB")
-
-
-def to_canvas_rgb(image, cfg: WorldConfig = WorldConfig()) -> np.ndarray:
-    """uint8 (canvas, canvas, 3) from a PIL image or an (H, W), (H, W, 1|3|4) array; other sizes resized (nearest)."""
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (cfg.canvas, cfg.canvas, 3):
-        return image
-    if isinstance(image, np.ndarray):
-        arr = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
-        bad_channels = arr.ndim == 3 and arr.shape[2] not in (3, 4)
-        if arr.ndim not in (2, 3) or bad_channels or min(arr.shape[:2], default=0) == 0:
-            raise UserError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
-        image = Image.fromarray(_to_uint8(arr))
-    if not isinstance(image, Image.Image):
-        raise UserError(f"expected an image (PIL image or uint8 HxWx3 array), got {type(image).__name__}")
-    image = pil_to_rgb(image)
-    if image.size != (cfg.canvas, cfg.canvas):
-        image = image.resize((cfg.canvas, cfg.canvas), Image.NEAREST)
-    return np.asarray(image, dtype=np.uint8)
 
 
 @lru_cache(maxsize=4)
@@ -126,8 +78,8 @@ def _best_template(blob: np.ndarray, cfg: WorldConfig) -> tuple[str, str, int, i
 
 
 def detect(image, cfg: WorldConfig = WorldConfig()) -> list[SceneObject]:
-    """Objects in an image, ordered by (cx, cy). Accepts any size or mode; see to_canvas_rgb."""
-    rgb = to_canvas_rgb(image, cfg)
+    """Objects in an image, ordered by (cx, cy); any image fit_image takes, judged at the canvas size."""
+    rgb = fit_image(image, cfg.canvas)
     foreground, color_index = _classify_pixels(rgb)
     labels, _ = ndimage.label(foreground)
     objects = []

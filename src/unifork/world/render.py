@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from unifork.world.spec import BACKGROUND, COLORS, Scene, SceneObject, WorldConfig
+from unifork.images import BACKGROUND
+from unifork.world.spec import COLORS, Scene, SceneObject, WorldConfig
 
 
 def shape_mask(shape: str, extent: int) -> np.ndarray:

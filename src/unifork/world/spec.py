@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 SHAPES = ("circle", "square", "triangle", "cross")
-# Fixed RGB values: the detector classifies pixels by the nearest of these (or the white background).
+# Fixed RGB values: the detector classifies pixels by the nearest of these (or the white background,
+# unifork.images.BACKGROUND, the one transparency of user images lands on).
 COLORS = {
     "red": (220, 30, 30),
     "green": (30, 160, 50),
@@ -14,7 +15,6 @@ COLORS = {
     "purple": (140, 50, 170),
     "orange": (245, 120, 20),
 }
-BACKGROUND = (255, 255, 255)
 SIZES = ("small", "large")
 MAX_OBJECTS = 4
 

@@ -1,0 +1,87 @@
+"""`[data] source = "world"`: a pool of world samples whose images the frozen image tokenizer encodes once.
+
+Precomputing codes and latents is how real runs save compute (the tokenizer never changes during training).
+Batches are a pure function of (seed, stage, step), so resuming needs no data-loader state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unifork.data.batches import PlannedPool, StageShape, step_generator, task_counts
+from unifork.data.config import DataConfig
+from unifork.sequences import Example, SequenceBuilder
+from unifork.tokenizers.image import ImageTokenizer, images_to_tensor
+from unifork.world import World
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """What one row of a batch holds, drawn before anything is built (building is deterministic)."""
+
+    task: str  # "und" or "gen"
+    sample: int  # index into the pool
+    turns: tuple = ()  # und: (question, answer) pairs in order
+    caption: str = ""  # gen: the prompt; "" is the null condition of classifier-free guidance
+
+
+class WorldPool(PlannedPool):
+    """`pool_size` world samples of `split`, their images encoded once."""
+
+    def __init__(self, data: DataConfig, image_tokenizer: ImageTokenizer, builder: SequenceBuilder,
+                 split: str = "train", encode_batch: int = 256):  # fmt: skip
+        self.data, self.builder = data, builder
+        world = World(seed=data.seed, split=split)
+        samples = [world.sample(i) for i in range(data.pool_size)]
+        self.captions = [[c for _, c in s.captions] for s in samples]
+        self.qa = [[(q, a) for _, q, a in s.qa] for s in samples]
+        images = images_to_tensor(np.stack([s.image for s in samples]))
+        codes, latents = [], []
+        with torch.no_grad():
+            for chunk in images.split(encode_batch):
+                codes.append(image_tokenizer.encode(chunk))
+                latents.append(image_tokenizer.encode_latents(chunk))
+        self.codes = torch.cat(codes)  # (N, L)
+        self.latents = torch.cat(latents)  # (N, L, latent_dim)
+
+    def plan(self, stage: StageShape, stage_index: int, step: int) -> list[RowPlan]:
+        """The rows of the global batch of `step` in `stage`: the same on every run, resume and world size."""
+        g = step_generator(self.data.seed, stage_index, step)
+        n_und, _ = task_counts(stage)
+        samples = torch.randint(len(self.codes), (stage.batch_size,), generator=g).tolist()
+        picks = torch.rand(stage.batch_size, 2, generator=g).tolist()
+        rows = []
+        for i, (sample, (pick, drop)) in enumerate(zip(samples, picks)):
+            if i < n_und:
+                order = torch.randperm(len(self.qa[sample]), generator=g)[: self.data.und_turns].tolist()
+                rows.append(RowPlan("und", sample, turns=tuple(self.qa[sample][k] for k in order)))
+            else:
+                caption = self.captions[sample][int(pick * len(self.captions[sample]))]
+                rows.append(RowPlan("gen", sample, caption="" if drop < self.data.caption_dropout else caption))
+        return rows
+
+    def build(self, rows: list[RowPlan]) -> list[Example]:
+        return [self._example(row) for row in rows]
+
+    def _example(self, row: RowPlan) -> Example:
+        codes, latents = self.codes[row.sample], self.latents[row.sample]
+        if row.task == "gen":
+            return self.builder.generate(row.caption, codes)
+        turns = list(row.turns)
+        example = self.builder.understand_turns(codes, latents, turns)
+        while len(example.tokens) > self.builder.cfg.max_seq_len and len(turns) > 1:
+            turns = turns[:-1]  # long answers (descriptions) leave room for fewer turns
+            example = self.builder.understand_turns(codes, latents, turns)
+        return example
+
+    def state_dict(self) -> dict:
+        return {}  # batches are a pure function of (seed, stage, step): there is no position to save
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def metrics(self) -> dict:
+        return {}
