@@ -9,15 +9,27 @@ import pytest
 import torch
 from PIL import Image
 
-from unifork.analysis import (chance_alignment, feature_alignment, hf_alignment, layerwise_alignment,
-                              model_alignment, mutual_knn_alignment)  # fmt: skip
+from unifork.analysis import (
+    chance_alignment,
+    feature_alignment,
+    hf_alignment,
+    layerwise_alignment,
+    model_alignment,  # fmt: skip
+    mutual_knn_alignment,
+)
 from unifork.analysis.knn_alignment import knn_indices
-from unifork.analysis.model_alignment import (caption_masks, generate_from_caption, left_pad, path_features,
-                                              understand_caption, world_pairs)  # fmt: skip
+from unifork.analysis.model_alignment import (
+    caption_masks,
+    generate_from_caption,
+    left_pad,
+    path_features,
+    understand_caption,  # fmt: skip
+    world_pairs,
+)
 from unifork.analysis.pooling import pool
+from unifork.checkpoint import save_pretrained
 from unifork.cli import main
 from unifork.errors import UserError
-from unifork.checkpoint import save_pretrained
 from unifork.inference import Pipeline
 from unifork.model.config import named_config
 from unifork.model.unifork import CODE, LATENT, UniFork

@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unifork.cli import main
 from unifork.checkpoint import save_pretrained
+from unifork.cli import main
 from unifork.images import fit_image
 from unifork.model.config import named_config
 from unifork.model.unifork import UniFork
@@ -191,14 +191,14 @@ CASES = [
     ("top_p tiny", gen("--top-p", "1e-300"), OK),  # 0 in float32: used to drop every token
     ("top_k negative", gen("--top-k", "-1"), r"^error: --top-k "),
     ("top_k huge", gen("--top-k", str(2**70)), OK),  # at or above the vocabulary: off
-    ("n zero", gen("--n", "0"), r"^error: n \(the number of images\)"),
-    ("n huge", gen("--n", "1000000"), r"^error: n \(the number of images\)"),
-    ("cfg negative", gen("--cfg", "-1"), r"^error: cfg_scale "),
-    ("cfg nan", gen("--cfg", "nan"), r"^error: cfg_scale "),
-    ("cfg infinite", gen("--cfg", "inf"), r"^error: cfg_scale "),
+    ("n zero", gen("--n", "0"), r"^error: --n \(the number of images\)"),
+    ("n huge", gen("--n", "1000000"), r"^error: --n \(the number of images\)"),
+    ("cfg negative", gen("--cfg", "-1"), r"^error: --cfg "),
+    ("cfg nan", gen("--cfg", "nan"), r"^error: --cfg "),
+    ("cfg infinite", gen("--cfg", "inf"), r"^error: --cfg "),
     ("cfg huge", gen("--cfg", "1e300"), OK),  # guided logits overflow to inf: used to give NaN probabilities
-    ("seed negative", gen("--seed", "-1"), r"^error: seed "),
-    ("seed past 64 bits", gen("--seed", str(2**70)), r"^error: seed "),
+    ("seed negative", gen("--seed", "-1"), r"^error: --seed "),
+    ("seed past 64 bits", gen("--seed", str(2**70)), r"^error: --seed "),
     # questions
     ("question empty", ask(question=""), r"--question is empty"),
     ("question whitespace", ask(question="   "), r"--question is empty"),
@@ -240,9 +240,9 @@ CASES = [
     ("eval seed past 64 bits", evaluate("--seed", str(2**70)), r"--seed must be"),
     ("eval zero images per prompt", evaluate("--images-per-prompt", "0"), r"--images-per-prompt must be"),
     ("eval cfg nan", evaluate("--cfg", "nan"), r"--cfg must be a finite number"),
-    ("eval unknown suite", evaluate("--suite", "everything"), r"unknown suite 'everything'"),
+    ("eval unknown suite", evaluate("--suite", "everything"), r"unknown --suite 'everything'"),
     ("align k zero", ["align", "--ckpt", "{ckpt}", "--k", "0", "--out", "{root}/out/a.json"], r"k \(neighbours per sample\)"),
-    ("align unknown pooling", ["align", "--ckpt", "{ckpt}", "--pooling", "max", "--out", "{root}/out/a.json"], r"unknown pooling 'max'"),
+    ("align unknown pooling", ["align", "--ckpt", "{ckpt}", "--pooling", "max", "--out", "{root}/out/a.json"], r"unknown --pooling 'max'"),
     ("align NaN features", ["align", "--features", "{in}/nan_features.npz", "--out", "{root}/out/a.json"], r"NaN"),
     ("align one sample", ["align", "--ckpt", "{ckpt}", "--n", "1", "--out", "{root}/out/a.json"], r"N=1 samples"),
 ]  # fmt: skip

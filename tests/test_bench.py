@@ -100,9 +100,9 @@ def test_interleaved_alternates_the_order_and_pairs_rounds():
 
 
 def test_settings_refuse_unknown_sizes_and_no_repeats():
-    with pytest.raises(UserError, match="unknown --size 'huge'"):
+    with pytest.raises(UserError, match="unknown size 'huge'"):
         bench_settings(size="huge")
-    with pytest.raises(UserError, match="--repeats must be at least 1"):
+    with pytest.raises(UserError, match="repeats must be at least 1"):
         bench_settings(repeats=0)
     assert bench_settings(quick=True).size == "small" and bench_settings().size == "base"
 

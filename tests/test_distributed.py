@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from unifork.data.batches import rank_rows
+from unifork.data.world_pool import WorldPool
 from unifork.errors import UserError
 from unifork.model.unifork import UniFork
 from unifork.sequences import SequenceBuilder
 from unifork.train.checkpoints import latest_checkpoint
-from unifork.data.batches import rank_rows
-from unifork.data.world_pool import WorldPool
 from unifork.train.global_loss import supervised_tokens, task_weights, weighted_loss
 from unifork.train.launch import launch
 from unifork.train.recipe import load_recipe

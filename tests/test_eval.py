@@ -239,7 +239,7 @@ def test_eval_cli_writes_a_complete_json(ckpt, classifier_cache, tmp_path, monke
     "change, message",
     [
         ({"--ckpt": "MISSING"}, "no such checkpoint directory"),
-        ({"--suite": "both"}, "unknown suite 'both'"),
+        ({"--suite": "both"}, "unknown --suite 'both'"),
         ({"--images-per-prompt": "0"}, "--images-per-prompt must be a positive integer"),
         ({"--cfg": "nan"}, "--cfg must be a finite number"),
         ({"--inception-weights": "MISSING"}, "no Inception weights file"),

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from unifork.checkpoint import load_model, save_pretrained
 from unifork.cli import main
 from unifork.errors import UserError
 from unifork.hf import export_hf, fork_hf
-from unifork.checkpoint import load_model, save_pretrained
 from unifork.inference import Pipeline
 from unifork.model import TEXT, Batch, ModelConfig, UniFork, named_config
 from unifork.model.blocks import Rotary

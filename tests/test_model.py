@@ -12,8 +12,8 @@ import re
 import pytest
 import torch
 
-from unifork.errors import UserError
 from unifork.checkpoint import load_model, save_model
+from unifork.errors import UserError
 from unifork.model import CODE, IGNORE, LATENT, TASK_ID, TEXT, Batch, UniFork, named_config
 from unifork.model.blocks import Block
 from unifork.sequences import SequenceBuilder

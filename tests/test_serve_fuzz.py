@@ -5,7 +5,6 @@ import json
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_serve import running_server
 
 FIELDS = ["prompt", "n", "cfg", "temperature", "top_k", "top_p", "seed", "image", "question", "extra"]

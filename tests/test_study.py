@@ -1,14 +1,13 @@
 """The fork-point study: the family trains on identical batches, the summary is complete, reruns resume."""
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 import unifork.train.trainer as trainer
-
 from unifork.cli import main
 from unifork.data.batches import PlannedPool
 from unifork.errors import UserError
@@ -120,3 +119,14 @@ def test_cli_rejects_bad_lists_in_one_line(tmp_path, capsys):
     assert main(["study", "--out", str(tmp_path), "--forks", "0,two"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--forks takes comma-separated integers" in err
+
+
+@pytest.mark.slow
+def test_rerun_with_other_evaluation_settings_evaluates_again_without_training(study, tokenizer_dir, monkeypatch):
+    out, preset, result, _ = study
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a finished model was trained again"))
+    other = replace(preset, sampling=replace(preset.sampling, cfg_scale=preset.sampling.cfg_scale + 1))
+    again = run_study(out / "run", tokenizer_dir=tokenizer_dir, progress=False, preset=other)
+    assert {r["evaluation"]["sampling"]["cfg_scale"] for r in again["runs"]} == {other.sampling.cfg_scale}
+    assert [r["train_seconds"] for r in again["runs"]] == [r["train_seconds"] for r in result["runs"]]
+    run_study(out / "run", tokenizer_dir=tokenizer_dir, progress=False, preset=preset)  # back as the others expect

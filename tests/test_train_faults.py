@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unifork.errors import UserError
 from unifork.checkpoint import has_manifest, load_model
+from unifork.errors import UserError
 from unifork.model import UniFork
 from unifork.train.checkpoints import (
     STATE_FILE,

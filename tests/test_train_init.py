@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from unifork.checkpoint import load_model
 from unifork.data.spec import parse_source
 from unifork.errors import UserError
 from unifork.hf import fork_hf
 from unifork.inference import Pipeline
-from unifork.checkpoint import load_model
 from unifork.model import ModelConfig, UniFork, named_config
 from unifork.tokenizers.text import world_corpus
 from unifork.train.optim import set_trainable

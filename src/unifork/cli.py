@@ -6,7 +6,7 @@ import argparse
 import sys
 import traceback
 
-from unifork.errors import UserError, flag_names, one_line
+from unifork.errors import OneLineParser, UserError, flag_names, one_line
 from unifork.train.command import add_train_arguments, run_train
 
 
@@ -194,13 +194,6 @@ def _cmd_loadtest(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
-class _Parser(argparse.ArgumentParser):
-    """Flag mistakes as one line too (argparse prints the whole usage first); subcommands inherit the class."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 SAMPLING_FLAGS = {"cfg_scale": "--cfg", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p"}
 
 
@@ -215,9 +208,10 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, *names: str) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from unifork.eval.suite import EvalSettings  # light: no torch, so `unifork --help` stays fast
     from unifork.inference.settings import DEFAULT_IMAGES
 
-    parser = _Parser(prog="unifork", description=__doc__)
+    parser = OneLineParser(prog="unifork", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -246,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     qs = sub.add_parser("quickstart", help="the main job: train and evaluate a small UniFork on the shapes world")
     qs.add_argument("--out", default="runs/quickstart", help="output directory")
-    qs.add_argument("--recipe", default=None, help="training recipe (default: configs/quickstart.toml)")
+    qs.add_argument("--recipe", default=None, help="training recipe file (default: the packaged quickstart recipe)")
     qs.set_defaults(func=_cmd_quickstart)
 
     tr = sub.add_parser("train", help="run the stages of a training recipe (TOML)")
@@ -306,14 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     al.set_defaults(func=_cmd_align)
 
+    EVAL = EvalSettings()  # the eval flags' defaults are the library's
     ev = sub.add_parser("eval", help="evaluation suite: ShapeEval + domain FID (gen), VQA (und), tokenizer PSNR/SSIM")
     ev.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
     ev.add_argument("--suite", default="all", help="gen | und | all (gen loads only the gen branch, und only the und branch)")
     ev.add_argument("--out", required=True, help="output JSON file (written atomically)")
-    ev.add_argument("--images-per-prompt", type=int, default=4, help="images sampled per ShapeEval prompt (GenEval uses 4)")
-    ev.add_argument("--prompts-per-category", type=int, default=16, help="ShapeEval prompts in each of the six categories")
+    ev.add_argument("--images-per-prompt", type=int, default=EVAL.images_per_prompt,
+                    help="images sampled per ShapeEval prompt (GenEval uses 4); default %(default)s")
+    ev.add_argument("--prompts-per-category", type=int, default=EVAL.prompts_per_category,
+                    help="ShapeEval prompts in each of the six categories; default %(default)s")
     _add_sampling_arguments(ev, "cfg_scale")
-    ev.add_argument("--vqa-scenes", type=int, default=200, help="scenes per VQA split (test, held-out compositions)")
+    ev.add_argument("--vqa-scenes", type=int, default=EVAL.vqa_scenes,
+                    help="scenes per VQA split (test, held-out compositions); default %(default)s")
     ev.add_argument("--seed", type=int, default=0, help="seed of prompts, sampling and scenes (same seed, same result)")
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ev.add_argument("--inception-weights", default=None,
@@ -369,15 +367,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _commands(parser: argparse.ArgumentParser):
+    """Every parser that runs a command (has a `func`), subcommands of subcommands included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _commands(sub)
+    if "func" in parser._defaults:
+        yield parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    for command in _commands(parser):
+        command.set_defaults(command_parser=command)  # errors name the flags of the command that ran
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except (UserError, FileNotFoundError) as err:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {one_line(err, flag_names(parser))}", file=sys.stderr)
+        print(f"error: {one_line(err, flag_names(args.command_parser))}", file=sys.stderr)
         return 2
     return 0
 

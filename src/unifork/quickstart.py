@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 
 
 def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = None, progress: bool = True,
@@ -25,18 +25,19 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     from unifork.inference.pipeline import Pipeline
     from unifork.inference.settings import SamplingSettings
     from unifork.report import write_report
+    from unifork.configs import packaged_recipe
     from unifork.train.recipe import find_recipe, load_recipe
     from unifork.train.trainer import train
 
-    recipe = find_recipe(recipe or "quickstart")  # the packaged recipe: installed with unifork, not a repo path
+    recipe = find_recipe(recipe) if recipe else packaged_recipe("quickstart")  # installed with unifork
     out = Path(out)
     start = time.perf_counter()
     # A rerun reuses the tokenizer and finished stages (delete `out` to start over).
     print(f"[1/3] tokenizers and training stages of {recipe.name} -> {out}")
     checkpoint = train(recipe, out, resume=True, progress=progress)
     if checkpoint is None:  # stopped by SIGTERM/SIGINT after checkpointing
-        raise UserError(f"training stopped before the end; run quickstart again with the same out ({out}) to continue it",
-                        params=("out",))  # fmt: skip
+        raise UserError(f"training stopped before the end; run quickstart again with the same {param('out')} ({out}) "
+                        "to continue it")  # fmt: skip
     train_seconds = time.perf_counter() - start
 
     print("[2/3] evaluating: VQA on unseen scenes, generation judged by the world's detector")

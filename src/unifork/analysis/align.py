@@ -18,7 +18,7 @@ from unifork.analysis.hf_alignment import hf_alignment
 from unifork.analysis.model_alignment import model_alignment
 from unifork.analysis.plot import plot_alignment
 from unifork.atomic import atomic_write_text
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 
 
 def align_checkpoint(ckpt: str | Path, out: str | Path, plot: str | Path | None = None, n: int = 256, k: int = 10,
@@ -54,7 +54,7 @@ def align_features(features: str | Path, out: str | Path, plot: str | Path | Non
 def _check_outputs(out: str | Path, plot: str | Path | None) -> None:
     for name, path in (("out", out), ("plot", plot)):
         if path is not None and Path(path).is_dir():
-            raise UserError(f"{name} must be a file path, but {path} is a directory", params=(name,))
+            raise UserError(f"{param(name)} must be a file path, but {path} is a directory")
 
 
 def _write(result: dict, out: str | Path, plot: str | Path | None) -> dict:

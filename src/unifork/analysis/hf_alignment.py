@@ -13,7 +13,7 @@ import torch
 
 from unifork.analysis.knn_alignment import chance_alignment, check_sizes, layerwise_alignment
 from unifork.analysis.pooling import check_pooling, pool
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 
 
 @torch.inference_mode()
@@ -53,7 +53,7 @@ def load_causal_lm(model_dir: str | Path, device: str):
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
-        raise UserError("--hf-model needs the `transformers` package: pip install 'transformers>=4.45'") from None
+        raise UserError(f"{param('hf_model')} needs the `transformers` package: pip install 'transformers>=4.45'") from None
     if not Path(model_dir).is_dir():
         raise UserError(f"no such model directory: {model_dir} (give a local Hugging Face model directory)")
     try:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 
 POOLINGS = ("mean", "last")
 
 
 def check_pooling(pooling: str) -> None:
     if pooling not in POOLINGS:
-        raise UserError(f"unknown pooling '{pooling}'; choose one of: {', '.join(POOLINGS)}")
+        raise UserError(f"unknown {param('pooling')} '{pooling}'; choose one of: {', '.join(POOLINGS)}")
 
 
 def pool(states: torch.Tensor, positions: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -22,7 +22,7 @@ from unifork.bench.memory import memory_figure
 from unifork.bench.timing import machine_info
 from unifork.bench.training import training_figures
 from unifork.bench.workload import bench_config, bench_model, bench_tokenizer
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.model.config import SIZES
 from unifork.sequences import SequenceBuilder
 
@@ -55,11 +55,11 @@ def bench_settings(quick: bool = False, size: str | None = None, repeats: int | 
     settings = MODES["quick" if quick else "full"]
     if size is not None:
         if size not in SIZES:
-            raise UserError(f"unknown --size '{size}'; choose one of: {', '.join(SIZES)}")
+            raise UserError(f"unknown {param('size')} '{size}'; choose one of: {', '.join(SIZES)}")
         settings = replace(settings, size=size)
     if repeats is not None:
         if repeats < 1:
-            raise UserError(f"--repeats must be at least 1, got {repeats}")
+            raise UserError(f"{param('repeats')} must be at least 1, got {repeats}")
         settings = replace(settings, repeats=repeats, memory_repeats=min(repeats, settings.memory_repeats))
     return settings
 
@@ -68,7 +68,7 @@ def run_bench(out: str | Path, settings: BenchSettings, threads: int | None = No
     """Measure every figure, write the JSON to `out` and return it."""
     if threads is not None:
         if threads < 1:
-            raise UserError(f"--threads must be at least 1, got {threads}")
+            raise UserError(f"{param('threads')} must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     start, machine = time.perf_counter(), machine_info()
     text = bench_tokenizer()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from unifork.data.records import Record, record_text
 from unifork.data.globs import expand_glob
+from unifork.data.records import Record, record_text
 from unifork.errors import UserError
 
 

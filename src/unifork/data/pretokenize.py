@@ -16,9 +16,9 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from unifork.atomic import atomic_save_tensors, atomic_write_text
-from unifork.data.pretokenized import FORMAT, META_FILE, shard_stem, tokenizer_fingerprint
+from unifork.data.pretokenized import FORMAT, META_FILE, shard_stem
 from unifork.data.spec import open_source, parse_source
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.images import CorruptImage, fit_image
 from unifork.tokenizers.image import ImageTokenizer, images_to_tensor
 
@@ -66,18 +66,18 @@ def pretokenize(source: str, tokenizer_dir: str | Path, out: str | Path, latents
     reader = open_source(source)
     out = Path(out)
     names = reader.shards()
-    meta = {"format": FORMAT, "complete": False, "source": source, "tokenizer": tokenizer_fingerprint(tokenizer),
+    meta = {"format": FORMAT, "complete": False, "source": source, "tokenizer": tokenizer.fingerprint(),
             "image_size": tokenizer.cfg.image_size, "grid": tokenizer.cfg.grid, "latent_dim": tokenizer.cfg.latent_dim,
             "latents": latents, "shards": [{"name": n} for n in names]}  # fmt: skip
     if (out / META_FILE).is_file():  # continue an unfinished run of this very command, nothing else
         before = json.loads((out / META_FILE).read_text())
         if before.get("complete"):
-            raise UserError(f"{out} already holds finished pretokenized data; choose a new out", params=("out",))
+            raise UserError(f"{out} already holds finished pretokenized data; choose a new {param('out')}")
         if before != meta:
             raise UserError(f"{out} holds an unfinished pretokenize of another source or tokenizer (or latents "
-                            f"setting); choose a new out", params=("out",))  # fmt: skip
+                            f"setting); choose a new {param('out')}")  # fmt: skip
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"out {out} exists and is not an empty folder; choose a new out", params=("out",))
+        raise UserError(f"{param('out')} {out} exists and is not an empty folder; choose a new {param('out')}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
     for index in tqdm(range(len(names)), desc="pretokenize", unit="shard", disable=not progress):

@@ -11,12 +11,10 @@ shuffle, the same batches and the same count of skipped images.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from unifork.data.records import Encoded, Record
@@ -29,15 +27,6 @@ FORMAT = "unifork-pretokenized-v1"
 
 def shard_stem(index: int) -> str:
     return f"shard-{index:05d}"
-
-
-def tokenizer_fingerprint(tokenizer: ImageTokenizer) -> str:
-    """sha256 of the config and weights: codes made by one tokenizer mean nothing to another."""
-    h = hashlib.sha256(tokenizer.cfg.to_json().encode())
-    for name, tensor in sorted(tokenizer.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def read_meta(path: Path, spec: str) -> dict:
@@ -61,7 +50,7 @@ class PretokenizedSource:
 
     def check(self, tokenizer: ImageTokenizer, needs_latents: bool) -> None:
         """Refuse codes from another tokenizer, or missing latents when the model reads latents."""
-        if self.meta["tokenizer"] != tokenizer_fingerprint(tokenizer):
+        if self.meta["tokenizer"] != tokenizer.fingerprint():
             raise UserError(f"data source '{self.spec}' was pretokenized with another image tokenizer than this run's; "
                             f"pretokenize again with the run's tokenizer")  # fmt: skip
         if needs_latents and not self.meta["latents"]:

@@ -12,8 +12,8 @@ import sys
 import tarfile
 from collections.abc import Iterator
 
-from unifork.data.records import Record, record_text
 from unifork.data.globs import expand_glob
+from unifork.data.records import Record, record_text
 from unifork.errors import UserError
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")

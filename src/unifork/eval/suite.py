@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from unifork.atomic import atomic_write_text
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.inference.settings import DEFAULTS, SamplingSettings
 
 SUITES = ("gen", "und", "all")
@@ -36,14 +36,14 @@ class EvalSettings:
     def validate(self) -> None:
         """UserError naming the first setting out of range, before any model is loaded."""
         if self.suite not in SUITES:
-            raise UserError(f"unknown suite '{self.suite}'; choose one of: {', '.join(SUITES)}", params=("suite",))
+            raise UserError(f"unknown {param('suite')} '{self.suite}'; choose one of: {', '.join(SUITES)}")
         for name in ("images_per_prompt", "prompts_per_category", "vqa_scenes", "tokenizer_images"):
             if not _positive_int(getattr(self, name)):
-                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}", params=(name,))
+                raise UserError(f"{param(name)} must be a positive integer, got {getattr(self, name)}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):  # torch seeds are 64-bit
-            raise UserError(f"seed must be a non-negative integer below 2**63, got {self.seed}", params=("seed",))
+            raise UserError(f"{param('seed')} must be a non-negative integer below 2**63, got {self.seed}")
         if self.suite == "und" and self.inception_weights is not None:
-            raise UserError("inception_weights needs a generation suite (gen or all)", params=("inception_weights",))
+            raise UserError(f"{param('inception_weights')} needs a generation suite (gen or all)")
 
 
 def run_eval(ckpt: str | Path, out: str | Path, settings: EvalSettings = EvalSettings(),
@@ -58,7 +58,7 @@ def run_eval(ckpt: str | Path, out: str | Path, settings: EvalSettings = EvalSet
     settings.validate()
     out = Path(out)
     if out.is_dir():
-        raise UserError(f"out must be a JSON file path, but {out} is a directory", params=("out",))
+        raise UserError(f"{param('out')} must be a JSON file path, but {out} is a directory")
     if settings.inception_weights is not None:
         require_inception_fid(settings.inception_weights)
     start = time.perf_counter()

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from unifork.errors import UserError
+from unifork.checkpoint import save_pretrained
+from unifork.errors import UserError, param
 from unifork.hf.architectures import read_backbone
 from unifork.hf.weights import VOCAB_TENSORS, read_hf_weights, take_und_path
-from unifork.checkpoint import save_pretrained
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import UniFork
 from unifork.tokenizers.image import ImageTokenizer
@@ -40,8 +40,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
     backbone = read_backbone(model_dir)
     n_layers = backbone.shape["n_layers"]
     if not 0 <= fork_layer <= n_layers:
-        raise UserError(f"fork_layer must be in [0, {n_layers}] for this {n_layers}-layer model, got {fork_layer}",
-                        params=("fork_layer",))  # fmt: skip
+        raise UserError(f"{param('fork_layer')} must be in [0, {n_layers}] for this {n_layers}-layer model, got {fork_layer}")
     hf_tokenizer = _read_tokenizer(model_dir)
     pretrained_ids = hf_tokenizer.get_vocab_size(with_added_tokens=True)
     known_ids = min(pretrained_ids, backbone.vocab_size)  # rows that a pretrained token id reads

@@ -13,10 +13,10 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from unifork.atomic import atomic_write, atomic_write_text
-from unifork.errors import UserError
+from unifork.checkpoint import load_model
+from unifork.errors import UserError, param
 from unifork.hf.architectures import hf_config, hf_tokenizer_config
 from unifork.hf.weights import und_path_names
-from unifork.checkpoint import load_model
 from unifork.tokenizers.text import TextTokenizer
 
 
@@ -26,8 +26,8 @@ def export_hf(ckpt: str | Path, out: str | Path) -> dict:
     if not ckpt.is_dir():
         raise UserError(f"no such checkpoint directory: {ckpt}")
     if out.resolve() == ckpt.resolve():
-        raise UserError(f"out must differ from ckpt ({ckpt}): the export would overwrite the checkpoint's config.json",
-                        params=("out", "ckpt"))  # fmt: skip
+        raise UserError(f"{param('out')} must differ from {param('ckpt')} ({ckpt}): the export would overwrite the "
+                        "checkpoint's config.json")  # fmt: skip
     model = load_model(ckpt, task="und")
     text = TextTokenizer.load(ckpt)
     config = hf_config(model.cfg, text)

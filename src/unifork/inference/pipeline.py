@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unifork.errors import UserError
+from unifork.checkpoint import check_compatible, load_pretrained
+from unifork.errors import UserError, param
 from unifork.images import fit_image
 from unifork.inference.sampler import answer_questions, check_images, require_branch, sample_image_codes
-from unifork.inference.settings import DEFAULT_IMAGES, DEFAULTS, SamplingSettings
-from unifork.checkpoint import check_compatible, load_pretrained
+from unifork.inference.settings import DEFAULT_ANSWER_TOKENS, DEFAULT_IMAGES, DEFAULTS, SamplingSettings
 from unifork.model.unifork import UniFork
 from unifork.sequences import SequenceBuilder
 from unifork.tokenizers.image import ImageTokenizer, images_to_tensor, tensor_to_images
@@ -41,7 +41,7 @@ class Pipeline:
         """Image codes (n, image_tokens) for one prompt; the same seed gives the same codes."""
         check_images(n)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise UserError(f"seed must be an integer in [0, 2**63), got {seed}")
+            raise UserError(f"{param('seed')} must be an integer in [0, 2**63), got {seed}")
         settings = SamplingSettings(cfg_scale, temperature, top_k, top_p)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return sample_image_codes(self.model, self.builder, [prompt] * n, settings, generator)
@@ -56,12 +56,12 @@ class Pipeline:
     def decode_codes(self, codes: torch.Tensor) -> list[Image.Image]:
         return [Image.fromarray(a) for a in tensor_to_images(self.image_tokenizer.decode(codes.to(self.device)))]
 
-    def ask(self, image, question: str, max_new_tokens: int = 32) -> str:
+    def ask(self, image, question: str, max_new_tokens: int = DEFAULT_ANSWER_TOKENS) -> str:
         """A greedy answer about one image: a path, bytes, a PIL image or an array of any size, mode and dtype,
         prepared as training data is (unifork.images.fit_image)."""
         return self.ask_batch([image], [question], max_new_tokens)[0]
 
-    def ask_batch(self, images: list, questions: list[str], max_new_tokens: int = 32) -> list[str]:
+    def ask_batch(self, images: list, questions: list[str], max_new_tokens: int = DEFAULT_ANSWER_TOKENS) -> list[str]:
         if len(images) != len(questions):
             raise UserError(f"got {len(images)} images but {len(questions)} questions; give one image per question")
         if not all(isinstance(q, str) and q.strip() for q in questions):

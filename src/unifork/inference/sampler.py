@@ -20,8 +20,8 @@ from functools import partial
 
 import torch
 
-from unifork.errors import UserError
-from unifork.inference.settings import DEFAULTS, SamplingSettings
+from unifork.errors import UserError, param
+from unifork.inference.settings import DEFAULT_ANSWER_TOKENS, DEFAULTS, SamplingSettings
 from unifork.model.blocks import LayerCache
 from unifork.model.unifork import CODE, LATENT, TASK_ID, TEXT, Batch, UniFork
 from unifork.sequences import SequenceBuilder
@@ -198,7 +198,7 @@ def sample_text(model: UniFork, batch: Batch, max_new_tokens: int, temperature: 
         tokens.append(token)
         if eos_id is not None:
             finished |= token == eos_id
-        if finished.all() or i == max_new_tokens - 1:
+        if i == max_new_tokens - 1 or (eos_id is not None and finished.all()):  # .all() waits for the device
             break
         logits = step(token, TEXT)
     return torch.stack(tokens, dim=1)
@@ -206,7 +206,7 @@ def sample_text(model: UniFork, batch: Batch, max_new_tokens: int, temperature: 
 
 @torch.inference_mode()
 def answer_questions(model: UniFork, builder: SequenceBuilder, codes: torch.Tensor, latents: torch.Tensor | None,
-                     questions: list[str], max_new_tokens: int = 32) -> list[str]:  # fmt: skip
+                     questions: list[str], max_new_tokens: int = DEFAULT_ANSWER_TOKENS) -> list[str]:  # fmt: skip
     """Greedy answers from the und branch, one per (image, question) row; codes (N, L), latents (N, L, D) or None.
 
     Rows that reach EOS keep stepping with the batch (their output is cut at EOS); decoding stops once every row
@@ -238,7 +238,7 @@ def answer_questions(model: UniFork, builder: SequenceBuilder, codes: torch.Tens
 def check_images(n) -> None:
     """n, the number of images one call samples: an integer from 1 to MAX_IMAGES."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
-        raise UserError(f"n (the number of images) must be between 1 and {MAX_IMAGES}, got {n}")
+        raise UserError(f"{param('n')} (the number of images) must be between 1 and {MAX_IMAGES}, got {n}")
 
 
 def require_branch(model: UniFork, task: str) -> None:

@@ -12,10 +12,11 @@ import math
 import operator
 from dataclasses import dataclass, field, fields
 
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 
 DEFAULT_CFG_SCALE = 2.0  # chosen by a guidance sweep on ShapeEval's exact rule; written here and nowhere else
 DEFAULT_IMAGES = 4  # images per prompt where a caller does not say
+DEFAULT_ANSWER_TOKENS = 32  # longest answer; the shapes world's answers are a few words
 
 _TESTS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<=")}
 
@@ -49,11 +50,12 @@ class SamplingSettings:
     def __post_init__(self):
         for f in fields(self):
             value, bounds = getattr(self, f.name), f.metadata["bounds"]
-            kind = "an integer" if f.type is int else "a finite number"
-            if not (_is_a(value, f.type) and all(_TESTS[op][0](value, limit) for op, limit in bounds.items())):
+            expected = type(f.default)  # int or float: read off the default, which does not depend on annotations
+            kind = "an integer" if expected is int else "a finite number"
+            if not (_is_a(value, expected) and all(_TESTS[op][0](value, limit) for op, limit in bounds.items())):
                 rule = " and ".join(f"{_TESTS[op][1]} {limit:g}" for op, limit in bounds.items())
-                raise UserError(f"{f.name} must be {kind} {rule}, got {value}", params=(f.name,))
-            if f.type is float:
+                raise UserError(f"{param(f.name)} must be {kind} {rule}, got {value}")
+            if expected is float:
                 object.__setattr__(self, f.name, float(value))  # frozen; an int scale is stored as the float it means
 
     @staticmethod

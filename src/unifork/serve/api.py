@@ -23,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+import unifork.serve.limits as limits
 from unifork.errors import UserError
-from unifork.serve import limits
 from unifork.serve.body_limit import BodyLimit
 from unifork.serve.engine import Engine
 from unifork.serve.errors import (

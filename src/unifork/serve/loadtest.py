@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from PIL import Image, ImageDraw
 
 from unifork.atomic import atomic_write_text
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 
 MAX_CONCURRENCY = 256
 MAX_REQUESTS = 10_000
@@ -42,9 +42,9 @@ def loadtest(url: str, concurrency: int = 16, requests: int = 200, kind: str = "
         (kind in ("generate", "ask"), "kind", f"must be generate or ask, got '{kind}'"),
         (1 <= n <= 16, "n", f"must be between 1 and 16, got {n}"),
     ]  # fmt: skip
-    for ok, param, problem in checks:
+    for ok, name, problem in checks:
         if not ok:
-            raise UserError(f"{param} {problem}", params=(param,))
+            raise UserError(f"{param(name)} {problem}")
     return asyncio.run(_loadtest(url, concurrency, requests, kind, n, sequential_baseline, time_limit, warmup))
 
 
@@ -53,14 +53,14 @@ def check_url(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme not in ("http", "https") or not host:
-        raise UserError(f"url must look like http://127.0.0.1:7860, got '{url}'", params=("url",))
+        raise UserError(f"{param('url')} must look like http://127.0.0.1:7860, got '{url}'")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
-        raise UserError(f"url must be a loopback address (127.0.0.1, ::1, localhost), got '{host}': "
-                        "a load test only runs against a server on this machine", params=("url",))  # fmt: skip
+        raise UserError(f"{param('url')} must be a loopback address (127.0.0.1, ::1, localhost), got '{host}': "
+                        "a load test only runs against a server on this machine")  # fmt: skip
     return url.rstrip("/")
 
 
@@ -106,8 +106,8 @@ async def _server_info(client, url: str) -> dict:
 async def _set_max_batch(client, max_batch: int) -> int:
     response = await client.put("/v1/admin/max-batch", json={"max_batch": max_batch})
     if response.status_code in (404, 405):
-        raise UserError("sequential_baseline switches the server's batching off for its second run; "
-                        "start the server with `unifork serve --admin`", params=("sequential_baseline",))  # fmt: skip
+        raise UserError(f"{param('sequential_baseline')} switches the server's batching off for its second run; "
+                        "start the server with `unifork serve --admin`")  # fmt: skip
     if response.status_code != 200:
         raise UserError(f"setting the server's max batch failed: {response.status_code} {response.text}")
     return response.json()["previous"]

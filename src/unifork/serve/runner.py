@@ -15,8 +15,6 @@ from unifork.serve.errors import FieldError
 from unifork.serve.limits import MAX_SEED
 from unifork.serve.schemas import GenerateRequest
 
-ANSWER_TOKENS = 32  # longest answer; the shapes world's answers are a few words
-
 
 @dataclass(frozen=True)
 class GenerateWork:
@@ -48,7 +46,7 @@ class ModelRunner:
         if kind == "generate":
             return self.generate(works)
         if kind == "ask":
-            return self.pipe.ask_batch([w.image for w in works], [w.question for w in works], ANSWER_TOKENS)
+            return self.pipe.ask_batch([w.image for w in works], [w.question for w in works])
         raise ValueError(f"unknown kind of request: {kind}")
 
     def generate(self, works: list[GenerateWork]) -> list[list[Image.Image]]:

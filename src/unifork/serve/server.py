@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.inference.pipeline import Pipeline
 from unifork.serve.api import build_api
 from unifork.serve.engine import Engine
@@ -29,7 +29,7 @@ def build_app(ckpt: str | Path, task: str = "both", max_batch: int = 16, queue: 
               device: str = "cpu", admin: bool = False, ui: bool = True) -> FastAPI:  # fmt: skip
     """The whole server as an ASGI app; the engine's worker starts and stops with the app's lifespan."""
     if task not in TASKS:
-        raise UserError(f"task must be one of {', '.join(TASKS)}, got '{task}'", params=("task",))
+        raise UserError(f"{param('task')} must be one of {', '.join(TASKS)}, got '{task}'")
     pipe = Pipeline.from_pretrained(ckpt, task=TASKS[task], device=device)
     runner = ModelRunner(pipe)
     try:

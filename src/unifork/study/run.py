@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from unifork.atomic import atomic_write_text
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.study.presets import PRESETS, StudyPreset
 
 
@@ -22,15 +22,15 @@ def run_study(out: str | Path, quick: bool = False, forks: tuple[int, ...] | Non
               steps: int | None = None, progress: bool = True, preset: StudyPreset | None = None) -> dict:  # fmt: skip
     """Run the study into `out` and return study.json's content. forks/seeds/steps override the preset."""
     from unifork.study.summary import write_summary
-    from unifork.train.recipe import load_recipe
     from unifork.train.image_tokenizer import train_image_tokenizer
+    from unifork.train.recipe import load_recipe
 
     preset = preset or PRESETS["quick" if quick else "default"]
     preset = replace(preset, forks=tuple(forks or preset.forks), seeds=tuple(seeds or preset.seeds))
     base = load_recipe(preset.recipe)
     if steps is not None:
         if steps < 1:
-            raise UserError(f"steps must be at least 1, got {steps}", params=("steps",))
+            raise UserError(f"{param('steps')} must be at least 1, got {steps}")
         base = replace(base, stages=tuple(replace(s, steps=steps) for s in base.stages))
     bad = [k for k in preset.forks if not 0 <= k <= base.model.n_layers]
     if bad:
@@ -40,8 +40,8 @@ def run_study(out: str | Path, quick: bool = False, forks: tuple[int, ...] | Non
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else out / "tokenizer"
     if not (tok_dir / "model.safetensors").is_file():
         if tokenizer_dir:
-            raise UserError(f"tokenizer_dir {tok_dir} holds no image tokenizer; train one with `unifork tokenizer train`",
-                            params=("tokenizer_dir",))  # fmt: skip
+            raise UserError(f"{param('tokenizer_dir')} {tok_dir} holds no image tokenizer; train one with "
+                            "`unifork tokenizer train`")  # fmt: skip
         print(f"training the tokenizers shared by every model into {tok_dir}")
         train_image_tokenizer(tok_dir, progress=progress)
     results = []
@@ -58,7 +58,11 @@ def _train_and_evaluate(recipe, run_dir: Path, preset: StudyPreset, progress: bo
 
     result_path = run_dir / "result.json"
     if result_path.is_file():  # finished earlier: a rerun resumes the study, it does not redo it
-        return json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text())
+        if result.get("evaluation") != evaluation_settings(preset):  # evaluated otherwise: evaluate again
+            result |= evaluate_model(run_dir / "checkpoint", preset)
+            atomic_write_text(result_path, json.dumps(result, indent=2))
+        return result
     print(f"== fork {recipe.model.fork_layer}, seed {recipe.seed}: training -> {run_dir}")
     start = time.perf_counter()
     checkpoint = train(recipe, run_dir, resume=True, progress=progress)
@@ -70,6 +74,12 @@ def _train_and_evaluate(recipe, run_dir: Path, preset: StudyPreset, progress: bo
     result["recipe"] = json.loads(json.dumps(asdict(recipe), default=str))
     atomic_write_text(result_path, json.dumps(result, indent=2))
     return result
+
+
+def evaluation_settings(preset: StudyPreset) -> dict:
+    """What decides a model's scores beside its weights: a result measured with others is measured again."""
+    settings = asdict(preset)
+    return {k: v for k, v in settings.items() if k not in ("recipe", "forks", "seeds")}
 
 
 def evaluate_model(checkpoint: Path, preset: StudyPreset) -> dict:
@@ -85,6 +95,7 @@ def evaluate_model(checkpoint: Path, preset: StudyPreset) -> dict:
                               images_per_prompt=preset.images_per_prompt, sampling=preset.sampling)  # fmt: skip
     alignment = model_alignment(pipeline, n=preset.align_samples, k=preset.align_k)
     return {
+        "evaluation": evaluation_settings(preset),
         "parameters": pipeline.model.param_counts(),
         "vqa": {"accuracy": vqa["accuracy"], "by_type": vqa["by_type"], "n_questions": vqa["n_questions"]},
         "gen": {"accuracy": gen["accuracy"], "exact": gen["exact"]["accuracy"], "n_images": gen["n_images"]},

@@ -6,8 +6,8 @@ import json
 import statistics
 from pathlib import Path
 
-from unifork.atomic import atomic_write, atomic_write_text
 from unifork.analysis.plot import PATH_LABELS, PATH_STYLES
+from unifork.atomic import atomic_write, atomic_write_text
 from unifork.world import CATEGORIES
 
 

@@ -6,6 +6,7 @@ continuous latents (the understanding branch reads them through an MLP projector
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,6 +171,14 @@ class ImageTokenizer(nn.Module):
         else:
             zq = rearrange(self.quantizer.get_output_from_indices(codes), "b (h w) d -> b d h w", h=g)
         return self.decoder(zq).clamp(-1, 1)
+
+    def fingerprint(self) -> str:
+        """sha256 of the config and weights: codes made by one tokenizer mean nothing to another."""
+        digest = hashlib.sha256(self.cfg.to_json().encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

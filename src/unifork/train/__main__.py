@@ -3,15 +3,14 @@
 Takes the flags of `unifork train`; torchrun's environment (RANK, WORLD_SIZE) tells it which rank of how many.
 """
 
-import argparse
 import sys
 
-from unifork.errors import UserError, flag_names, one_line
+from unifork.errors import OneLineParser, UserError, flag_names, one_line
 from unifork.train.command import add_train_arguments, run_train
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unifork.train", description=__doc__)
+    parser = OneLineParser(prog="python -m unifork.train", description=__doc__)
     add_train_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from unifork.errors import UserError
 from unifork.checkpoint import (
     MANIFEST_FILE,
     has_manifest,
     verify_manifest,
     write_manifest,
 )
+from unifork.errors import UserError
 
 STATE_FILE = "train_state.pt"  # optimizer moments, step, random streams: what resuming needs beyond the weights
 DONE_FILE = "DONE"

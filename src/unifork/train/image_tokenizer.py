@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from unifork.atomic import atomic_write_text
-from unifork.errors import UserError
-from unifork.tokenizers.objectives import SemanticHead, cell_labels
+from unifork.errors import UserError, param
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, images_to_tensor
+from unifork.tokenizers.objectives import SemanticHead, cell_labels
 from unifork.tokenizers.text import TextTokenizer, world_corpus
 from unifork.train.schedule import progress_bar, warmup_cosine
 from unifork.world import World
@@ -39,8 +39,7 @@ class TokenizerRecipe:
 # higher PSNR within the 3-minute budget because they get ~8x more steps.
 RECIPES = {
     "default": TokenizerRecipe(ImageTokenizerConfig(channels=(16, 32, 64)), steps=1000),
-    # Tests' size. A long warmup at a lower peak keeps the codebook in use over so few steps: 0.42 of it used
-    # (19.1 dB) against 0.19 (19.1 dB) at the default recipe's lr and warmup.
+    # Tests' size: over so few steps a long warmup to a lower peak keeps more of the codebook in use.
     "tiny": TokenizerRecipe(ImageTokenizerConfig(channels=(16, 32, 64)), steps=120, lr=4e-3, warmup=60,
                             n_train_images=1024, n_eval_images=128, text_samples=300),  # fmt: skip
 }
@@ -79,10 +78,10 @@ def train_image_tokenizer(out: str | Path, steps: int | None = None, seed: int =
                           progress: bool = True) -> dict:  # fmt: skip
     """Train both tokenizers into `out` (config.json, model.safetensors, tokenizer.json); returns report.json's content."""
     if size not in RECIPES:
-        raise UserError(f"unknown tokenizer size '{size}'; choose one of: {', '.join(RECIPES)}", params=("size",))
+        raise UserError(f"unknown tokenizer {param('size')} '{size}'; choose one of: {', '.join(RECIPES)}")
     recipe = RECIPES[size] if steps is None else replace(RECIPES[size], steps=steps)
     if recipe.steps < 1:
-        raise UserError(f"steps must be at least 1, got {recipe.steps}", params=("steps",))
+        raise UserError(f"{param('steps')} must be at least 1, got {recipe.steps}")
     out = Path(out)
     start = time.perf_counter()
     torch.manual_seed(seed)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.train.recipe import check_split, load_recipe
 
 
@@ -17,10 +17,10 @@ def launch(nproc: int, config: str, out: str, resume: bool = False, device: str 
     --standalone picks a free local port for the rendezvous; a multi-node cluster runs torchrun itself.
     """
     if nproc < 1:
-        raise UserError(f"nproc must be at least 1, got {nproc}", params=("nproc",))
+        raise UserError(f"{param('nproc')} must be at least 1, got {nproc}")
     if "WORLD_SIZE" in os.environ:
-        raise UserError("nproc starts processes; under torchrun leave it out (torchrun's --nproc-per-node sets the world)",
-                        params=("nproc",))  # fmt: skip
+        raise UserError(f"{param('nproc')} starts processes; under torchrun leave it out (torchrun's --nproc-per-node "
+                        "sets the world)")  # fmt: skip
     check_split(load_recipe(config).stages, nproc)  # a bad recipe is one line here, not N tracebacks from torchrun
     args = ["--config", str(config), "--out", str(out), "--strategy", strategy]
     args += ["--resume"] * resume + ["--compile"] * compile

@@ -7,7 +7,7 @@ import fnmatch
 
 import torch
 
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.model.unifork import UniFork
 from unifork.train.muon import Muon, MuonWithAdamW
 from unifork.train.recipe import PARAM_GROUPS_HELP, StageConfig
@@ -46,8 +46,8 @@ def set_trainable(model: UniFork, patterns: tuple[str, ...]) -> list[torch.nn.Pa
 def check_optimizer_strategy(stages: tuple[StageConfig, ...], distributed: bool, strategy: str) -> None:
     """Muon orthogonalises whole matrices; FSDP gives each rank a shard of them."""
     if distributed and strategy == "fsdp" and any(stage.optimizer == "muon" for stage in stages):
-        raise UserError("optimizer = 'muon' needs whole weight matrices on every rank; use strategy ddp (FSDP shards them)",
-                        params=("strategy",))  # fmt: skip
+        raise UserError(f"optimizer = 'muon' needs whole weight matrices on every rank; use {param('strategy')} ddp "
+                        "(FSDP shards them)")  # fmt: skip
 
 
 def make_optimizer(model: UniFork, stage: StageConfig) -> torch.optim.AdamW | MuonWithAdamW:

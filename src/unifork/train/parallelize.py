@@ -22,7 +22,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.model.unifork import UniFork, attention_mask
 from unifork.train.distributed import Ranks
 
@@ -48,7 +48,7 @@ def wrap(model: UniFork, ranks: Ranks, strategy: str) -> nn.Module:
         # weights without a gradient on every rank; the buffers are constant RoPE tables, nothing to sync.
         device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True, forward_sync_buffers=False)
-    raise UserError(f"unknown strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}", params=("strategy",))
+    raise UserError(f"unknown {param('strategy')} '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
 
 
 def compile_blocks(model: UniFork) -> bool:
@@ -67,7 +67,7 @@ def compile_blocks(model: UniFork) -> bool:
     try:
         probe(x, (valid.long().cumsum(-1) - 1), attention_mask(valid, 5), model.rotary).sum().backward()
     except Exception as err:  # noqa: BLE001 -- inductor raises many types (missing compiler, unsupported op)
-        print(f"--compile: torch.compile failed on {p.device.type} ({type(err).__name__}: {str(err)[:200]}); training uncompiled")
+        print(f"compile: torch.compile failed on {p.device.type} ({type(err).__name__}: {str(err)[:200]}); training uncompiled")
         return False
     for block in layers:
         block.compile(dynamic=True)  # in place, so parameter names (and checkpoints) do not change

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TextIO
 
@@ -23,7 +25,7 @@ from torch.distributed.tensor import DTensor
 from unifork.atomic import atomic_torch_save, atomic_write_text
 from unifork.checkpoint import load_model, save_pretrained
 from unifork.data.pool import Pool
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.model.unifork import TASKS, UniFork
 from unifork.tokenizers.image import ImageTokenizer
 from unifork.tokenizers.text import TextTokenizer
@@ -61,6 +63,15 @@ class Run:
     def stage_dir(self, stage: StageConfig) -> Path:
         return self.out / "stages" / stage.name
 
+    def provenance(self, stage: StageConfig, index: int, step: int) -> dict:
+        """Where a checkpoint's weights come from, beside the recipe.toml that made them."""
+        return {"stage": stage.name, "stage_index": index, "step": step, "stage_steps": stage.steps,
+                "image_tokenizer_sha256": self.image_tokenizer_sha256}  # fmt: skip
+
+    @cached_property
+    def image_tokenizer_sha256(self) -> str:
+        return self.image.fingerprint()
+
 
 @dataclass
 class TrainState:
@@ -70,7 +81,7 @@ class TrainState:
     bad_in_a_row: int = 0  # consecutive skipped (non-finite) steps
     saved_step: int | None = None  # the step whose checkpoint is on disk already
     tokens_seen: int = 0  # in this call, for tokens/s
-    started: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # when this call's first step began
 
 
 def finished_stage(run: Run, stage: StageConfig) -> UniFork:
@@ -132,8 +143,9 @@ class StageRun:
         """Every remaining step, then the stage's last checkpoint and DONE; or, when asked to stop, a checkpoint
         of where it stands. Returns the plain model either way (DONE tells which)."""
         bar = progress_bar(self.state.step, self.stage.steps, self.stage.name, self.run.progress)
+        self.state.started = time.perf_counter()  # tokens/s of the steps, not of loading and wrapping
         # line-buffered: `tail -f` shows every step; only rank 0 logs
-        with open(self.run.metrics_path, "a", buffering=1) if self.run.ranks.is_main else nullcontext() as log:
+        with open(self.run.metrics_path if self.run.ranks.is_main else os.devnull, "a", buffering=1) as log:
             for step in bar:
                 if self._should_stop():  # checkpoint mid-stage and hand back
                     if step != self.state.saved_step:
@@ -183,10 +195,9 @@ class StageRun:
             record |= {"skipped_nonfinite": True, "bad_in_a_row": self.state.bad_in_a_row}
         return record | run.pool.metrics()  # data on disk: images skipped as corrupt so far
 
-    def log(self, record: dict, log: TextIO | None, bar) -> None:
-        """One line of metrics.jsonl (rank 0) and the progress bar."""
-        if log is not None:
-            log.write(json.dumps(record) + "\n")
+    def log(self, record: dict, log: TextIO, bar) -> None:
+        """One line of metrics.jsonl (rank 0; the others write to devnull) and the progress bar."""
+        log.write(json.dumps(record) + "\n")
         if "loss" in record:
             postfix = {k: f"{record[k]:.3f}" for k in ("und", "gen") if k in record}
             bar.set_postfix(postfix | {"tok/s": f"{record['tokens_per_s']:.0f}"}, refresh=False)
@@ -197,7 +208,7 @@ class StageRun:
         if bad >= self.stage.max_bad_steps:
             raise UserError(f"stage '{self.stage.name}': the loss or gradient was not finite in {bad} steps in a row "
                             f"(steps {step + 1 - bad}-{step}), none of which changed the model; lower lr or raise warmup, "
-                            f"check the data, then continue from {latest_checkpoint(self.dir)} with resume", params=("resume",))  # fmt: skip
+                            f"check the data, then continue from {latest_checkpoint(self.dir)} with {param('resume')}")  # fmt: skip
 
     def save(self, step: int) -> None:
         """Checkpoint `step` into a new step directory, in the single-process format whatever the world size."""
@@ -210,7 +221,7 @@ class StageRun:
             plain = self.model if weights is None else _holding(self.model.cfg, weights)
             state = {"optimizer": optimizer_state, "step": step, "rng": capture_rng(ranks.device),
                      "bad_in_a_row": self.state.bad_in_a_row, "data": self.run.pool.state_dict()}  # fmt: skip
-            provenance = {"stage": self.stage.name, "stage_index": self.index, "step": step, "stage_steps": self.stage.steps}
+            provenance = self.run.provenance(self.stage, self.index, step)
 
             def write(directory: Path) -> None:
                 save_pretrained(directory, plain, self.run.text, self.run.image, self.run.recipe_toml, provenance)

@@ -21,9 +21,16 @@ from pathlib import Path
 import torch
 
 from unifork.atomic import atomic_write_text
-from unifork.checkpoint import RECIPE_FILE, check_compatible, load_model, load_tokenizers, save_pretrained, write_manifest
+from unifork.checkpoint import (
+    RECIPE_FILE,
+    check_compatible,
+    load_model,
+    load_tokenizers,
+    save_pretrained,
+    write_manifest,
+)
 from unifork.data.pool import make_pool
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import UniFork
 from unifork.sequences import SequenceBuilder
@@ -51,29 +58,30 @@ def train(recipe_path: str | Path | Recipe, out: str | Path, resume: bool = Fals
     ("fsdp" or "ddp"); `compile` applies torch.compile to each block.
     """
     if max_steps is not None and max_steps < 1:
-        raise UserError(f"max_steps must be at least 1, got {max_steps}", params=("max_steps",))
+        raise UserError(f"{param('max_steps')} must be at least 1, got {max_steps}")
     if strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy '{strategy}'; choose one of: {', '.join(STRATEGIES)}", params=("strategy",))
+        raise UserError(f"unknown {param('strategy')} '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
     recipe = recipe_path if isinstance(recipe_path, Recipe) else load_recipe(recipe_path)
     out = Path(out)
     ranks = start(device)
     try:
         stages_dir = out / "stages"
         if stages_dir.exists() and any(stages_dir.iterdir()) and not resume:
-            raise UserError(f"{out} already holds a training run; continue it with resume or choose a new out directory",
-                            params=("resume", "out"))  # fmt: skip
+            raise UserError(f"{out} already holds a training run; continue it with {param('resume')} or choose a new "
+                            f"{param('out')} directory")  # fmt: skip
         check_split(recipe.stages, ranks.world)
         check_optimizer_strategy(recipe.stages, ranks.distributed, strategy)
         with ranks.main_first():  # rank 0 trains the tokenizers if needed, the others then read them
             out.mkdir(parents=True, exist_ok=True)
             text, image, cfg = _tokenizers_and_config(recipe, out, progress and ranks.is_main)
+            recipe_toml = resolved_recipe(recipe, cfg)
             if ranks.is_main:
-                atomic_write_text(out / RECIPE_FILE, resolved_recipe(recipe, cfg))
+                atomic_write_text(out / RECIPE_FILE, recipe_toml)
         pool = make_pool(recipe.data, image, SequenceBuilder(text, cfg), announce=ranks.is_main)
         model = _initial_model(recipe, cfg, ranks)
         # Installed only now: a signal while the tokenizers train or the data loads should end the process at once.
         with GracefulStop() as signals:
-            run = Run(out, resolved_recipe(recipe, cfg), text, image, pool, ranks, signals,
+            run = Run(out, recipe_toml, text, image, pool, ranks, signals,
                       steps_left=max_steps if max_steps is not None else float("inf"), strategy=strategy,
                       compile=compile, progress=progress and ranks.is_main)  # fmt: skip
             model = _run_stages(run, recipe, model)
@@ -105,8 +113,7 @@ def _save_final(run: Run, recipe: Recipe, model: UniFork) -> Path:
     final = run.out / "checkpoint"
     if run.ranks.is_main:
         last = recipe.stages[-1]
-        provenance = {"stage": last.name, "stage_index": len(recipe.stages) - 1, "step": last.steps,
-                      "stage_steps": last.steps, "final": True}  # fmt: skip
+        provenance = run.provenance(last, len(recipe.stages) - 1, last.steps) | {"final": True}
         tmp = run.out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_pretrained(tmp, model, run.text, run.image, run.recipe_toml, provenance)
@@ -151,11 +158,12 @@ def _prepare_tokenizers(recipe: Recipe, out: Path, progress: bool) -> tuple[Text
 
 
 def _model_config(recipe: Recipe, text: TextTokenizer, image: ImageTokenizer) -> ModelConfig:
-    """The recipe's model, with the vocabulary and image sizes the tokenizers dictate."""
-    return replace(
-        recipe.model,
-        text_vocab_size=text.vocab_size,
-        image_vocab_size=image.cfg.num_codes,
-        image_tokens=image.cfg.grid**2,
-        image_latent_dim=image.cfg.latent_dim,
-    )
+    """The recipe's model, with the vocabulary and image sizes the tokenizers dictate; a [model] table that states
+    one of them (as a resolved recipe.toml does) must agree, or this is not the tokenizer it was trained with."""
+    dictated = {"text_vocab_size": text.vocab_size, "image_vocab_size": image.cfg.num_codes,
+                "image_tokens": image.cfg.grid**2, "image_latent_dim": image.cfg.latent_dim}  # fmt: skip
+    for key, value in dictated.items():
+        if key in recipe.model_keys and recipe.model_keys[key] != value:
+            raise UserError(f"[model] {key} = {recipe.model_keys[key]} disagrees with the tokenizer, which gives {value}: "
+                            "this recipe was trained with another tokenizer; point tokenizer_dir at it")  # fmt: skip
+    return replace(recipe.model, **dictated)

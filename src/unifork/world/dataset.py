@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.world.captions import CATEGORIES, scene_captions
 from unifork.world.prompts import ObjectGroup, PromptSpec, sample_prompt, scene_from_prompt
 from unifork.world.questions import QA, questions_for
@@ -49,9 +49,9 @@ class World:
 
     def __init__(self, seed: int = 0, split: str = "train", cfg: WorldConfig = WorldConfig()):
         if split not in SPLITS:
-            raise UserError(f"unknown split '{split}'; valid splits: {', '.join(SPLITS)}")
+            raise UserError(f"unknown {param('split')} '{split}'; valid splits: {', '.join(SPLITS)}")
         if seed < 0:
-            raise UserError(f"seed must be a non-negative integer, got {seed}")
+            raise UserError(f"{param('seed')} must be a non-negative integer, got {seed}")
         self.seed, self.split, self.cfg = seed, split, cfg
         self.heldout = split == "heldout"
 

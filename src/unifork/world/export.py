@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unifork.errors import UserError
+from unifork.errors import UserError, param
 from unifork.world.dataset import World
 from unifork.world.prompts import parse_prompt, scene_from_prompt
 from unifork.world.render import render
@@ -17,7 +17,7 @@ from unifork.world.render import render
 def export_world(out: str | Path, n: int, split: str = "train", seed: int = 0) -> int:
     """Write samples 0..n-1 of (seed, split) as out/000000.png ... and out/meta.jsonl; returns n."""
     if n < 1:
-        raise UserError(f"n (the number of scenes) must be at least 1, got {n}", params=("n",))
+        raise UserError(f"{param('n')} (the number of scenes) must be at least 1, got {n}")
     world = World(seed=seed, split=split)  # validates split and seed before anything touches the disk
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -45,7 +45,7 @@ def export_world(out: str | Path, n: int, split: str = "train", seed: int = 0) -
 def export_prompt_scenes(out: str | Path, prompt: str, n: int, seed: int = 0) -> int:
     """Write n random scenes satisfying `prompt` as out/000000.png ... plus meta.jsonl; returns n."""
     if n < 1:
-        raise UserError(f"n (the number of scenes) must be at least 1, got {n}", params=("n",))
+        raise UserError(f"{param('n')} (the number of scenes) must be at least 1, got {n}")
     spec = parse_prompt(prompt)  # a bad word fails here, before anything touches the disk
     rng = np.random.default_rng(seed)
     scenes = [scene_from_prompt(spec, rng) for _ in range(n)]
