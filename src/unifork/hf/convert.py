@@ -45,6 +45,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
     pretrained_ids = hf_tokenizer.get_vocab_size(with_added_tokens=True)
     known_ids = min(pretrained_ids, backbone.vocab_size)  # rows that a pretrained token id reads
     text = TextTokenizer(hf_tokenizer)  # appends our special tokens after the pretrained ids
+    new_ids = range(pretrained_ids, text.vocab_size)
     image = ImageTokenizer.load(image_tokenizer_dir) if image_tokenizer_dir is not None else _fresh_image_tokenizer(seed)
     icfg = image.cfg
     cfg = ModelConfig(
@@ -63,7 +64,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
         _check_shapes(pretrained, state, backbone.vocab_size, model_dir)
         for key in VOCAB_TENSORS:
             if key in pretrained:
-                pretrained[key] = grow_vocab(pretrained[key], cfg.text_vocab_size, known_ids)
+                pretrained[key] = grow_vocab(pretrained[key], cfg.text_vocab_size, known_ids, new_ids)
         state.update(pretrained)
         state.update(fork_copy(state))
         if cfg.tie_word_embeddings:
@@ -78,7 +79,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
         "fork_layer": fork_layer,
         "text_vocab_size": cfg.text_vocab_size,
         "added_tokens": text.vocab_size - pretrained_ids,
-        "mean_init_rows": cfg.text_vocab_size - known_ids,
+        "mean_init_rows": len(set(new_ids) | set(range(backbone.vocab_size, cfg.text_vocab_size))),
         "parameters": model.param_counts(),
     }
 
@@ -89,14 +90,19 @@ def fork_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if key.startswith(("und.layers.", "und.norm."))}  # fmt: skip
 
 
-def grow_vocab(matrix: torch.Tensor, rows: int, known: int) -> torch.Tensor:
-    """(rows, C): the first `known` rows as trained; every other row (our added tokens, HF's padding rows) their mean.
+def grow_vocab(matrix: torch.Tensor, rows: int, known: int, new: range) -> torch.Tensor:
+    """(rows, C): the checkpoint's rows as they are, but for the rows given to our added tokens (`new`) and rows
+    past the checkpoint's, which start at the mean of the `known` rows (those a pretrained token id reads).
 
-    The mean keeps new tokens' embeddings and logits in the range of trained ones, so they start neither huge
-    nor dominant (as transformers' resize_token_embeddings does).
+    The checkpoint's padding rows past its tokenizer stay untouched, so the forked model's next-token
+    distribution equals the original's on every row but the new tokens'. The mean keeps new tokens' embeddings
+    and logits in the range of trained ones, so they start neither huge nor dominant (as transformers'
+    resize_token_embeddings does).
     """
-    out = matrix[:known].mean(0).expand(rows, -1).clone()
-    out[:known] = matrix[:known]
+    mean = matrix[:known].mean(0)
+    out = mean.expand(rows, -1).clone()
+    out[: matrix.shape[0]] = matrix
+    out[new.start : new.stop] = mean
     return out
 
 
