@@ -7,6 +7,7 @@ on every run, resume and world size that reached it.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,16 +62,18 @@ def step_generator(seed: int, stage_index: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash((seed, stage_index, step)) & 0x7FFFFFFF)
 
 
-class PlannedPool:
+class PlannedPool(ABC):
     """The batching both pools share; a subclass says how rows are planned (`plan`) and built (`build`)."""
 
     builder: SequenceBuilder
 
+    @abstractmethod
     def plan(self, stage: StageShape, stage_index: int, step: int) -> list:
-        raise NotImplementedError
+        """The rows of the global batch of `step` in `stage`, drawn before anything is built."""
 
+    @abstractmethod
     def build(self, rows: list) -> list[Example]:
-        raise NotImplementedError
+        """The training examples of `rows`, in order."""
 
     def batch(self, stage: StageShape, stage_index: int, step: int) -> Batch:
         """The whole global batch of `step` in `stage` (single-process training)."""
