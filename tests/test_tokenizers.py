@@ -11,7 +11,9 @@ from PIL import Image
 from unifork.errors import UserError
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, images_to_tensor, tensor_to_images
 from unifork.tokenizers.text import SPECIAL_TOKENS, TextTokenizer
-from unifork.train.image_tokenizer import psnr, train_image_tokenizer, world_images
+from unifork.eval.image_quality import reconstruction_metrics
+from unifork.train.image_tokenizer import train_image_tokenizer
+from unifork.train.tokenizer_images import world_images
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +71,7 @@ def test_tiny_tokenizer_reconstructs_and_uses_codebook(trained_dir):
     assert report["psnr_heldout"] > 17.0, report
     assert report["codebook_usage"] > 0.25, report
     untrained = ImageTokenizer(ImageTokenizerConfig(channels=(16, 32, 64))).eval()
-    assert psnr(untrained, world_images("heldout", 32)) < 12.0
+    assert reconstruction_metrics(untrained, world_images("heldout", 32))["psnr"] < 12.0
 
 
 def test_checkpoint_round_trip_is_exact(trained_dir, tmp_path):

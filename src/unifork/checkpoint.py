@@ -26,7 +26,8 @@ from unifork.atomic import atomic_save_tensors, atomic_write_text
 from unifork.errors import UserError
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import TASKS, UniFork
-from unifork.tokenizers.image import ImageTokenizer
+from unifork.tokenizers.codec import ImageCodec
+from unifork.tokenizers.loading import load_image_tokenizer
 from unifork.tokenizers.text import TextTokenizer
 
 CONFIG_FILE = "config.json"
@@ -44,7 +45,7 @@ TIED_HEAD, TIED_TO = "und.head.weight", "trunk.text_embed.weight"
 # --- the whole directory --------------------------------------------------------------------------------------------
 
 
-def save_pretrained(directory: str | Path, model: UniFork, text: TextTokenizer, image: ImageTokenizer,
+def save_pretrained(directory: str | Path, model: UniFork, text: TextTokenizer, image: ImageCodec,
                     recipe: str | None = None, provenance: dict | None = None) -> None:  # fmt: skip
     """Write everything `load_pretrained` reads back; `recipe` (TOML text) and `provenance` say how it was made."""
     directory = Path(directory)
@@ -58,7 +59,7 @@ def save_pretrained(directory: str | Path, model: UniFork, text: TextTokenizer, 
 
 
 def load_pretrained(directory: str | Path, task: str | None = None,
-                    device: str | torch.device = "cpu") -> tuple[UniFork, TextTokenizer, ImageTokenizer]:  # fmt: skip
+                    device: str | torch.device = "cpu") -> tuple[UniFork, TextTokenizer, ImageCodec]:  # fmt: skip
     """The model (both branches, or the trunk and `task`'s branch) and the tokenizers it was trained with."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -70,10 +71,10 @@ def load_pretrained(directory: str | Path, task: str | None = None,
     return model, text, image.to(device)
 
 
-def load_tokenizers(directory: str | Path) -> tuple[TextTokenizer, ImageTokenizer]:
+def load_tokenizers(directory: str | Path) -> tuple[TextTokenizer, ImageCodec]:
     directory = Path(directory)
     _require_image_tokenizer(directory)
-    return TextTokenizer.load(directory), ImageTokenizer.load(directory / IMAGE_TOKENIZER_DIR)
+    return TextTokenizer.load(directory), load_image_tokenizer(directory / IMAGE_TOKENIZER_DIR)
 
 
 def _require_image_tokenizer(directory: Path) -> None:
@@ -84,7 +85,7 @@ def _require_image_tokenizer(directory: Path) -> None:
         )
 
 
-def check_compatible(model: UniFork, text: TextTokenizer, image: ImageTokenizer) -> None:
+def check_compatible(model: UniFork, text: TextTokenizer, image: ImageCodec) -> None:
     """The tokenizers must produce ids and latents the model was built for; say which one does not."""
     cfg, icfg = model.cfg, image.cfg
     checks = [

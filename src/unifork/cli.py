@@ -22,13 +22,26 @@ def _cmd_world(args: argparse.Namespace) -> None:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
-    from unifork.train.image_tokenizer import train_image_tokenizer
+    from unifork.train.image_tokenizer import REPORT_FILE, SHEET_FILE, TokenizerData, train_image_tokenizer
 
-    report = train_image_tokenizer(args.out, steps=args.steps, seed=args.seed, size=args.size)
+    data = TokenizerData(source=args.data, eval_source=args.eval_data, image_size=args.image_size, downsample=args.downsample)
+    report = train_image_tokenizer(args.out, steps=args.steps, seed=args.seed, size=args.size, data=data,
+                                   batch_size=args.batch_size, resume=args.resume, max_steps=args.max_steps)  # fmt: skip
+    if report is None:
+        return
     print(
-        f"image tokenizer saved to {args.out}: PSNR {report['psnr_heldout']:.2f} dB on held-out scenes, "
-        f"codebook usage {100 * report['codebook_usage']:.1f}%, {report['train_seconds']:.0f} s"
+        f"image tokenizer saved to {args.out}: PSNR {report['psnr_heldout']:.2f} dB, SSIM {report['ssim_heldout']:.3f} "
+        f"on {report['n_heldout']} held-out images, codebook usage {100 * report['codebook_usage']:.1f}%, "
+        f"{report['train_seconds']:.0f} s; {REPORT_FILE} and {SHEET_FILE} beside it"
     )
+
+
+def _cmd_tokenizer_from_hf(args: argparse.Namespace) -> None:
+    from unifork.tokenizers.from_hf import import_image_tokenizer
+
+    cfg = import_image_tokenizer(args.model, args.out, image_size=args.image_size)
+    print(f"imported a {cfg['kind']} image tokenizer into {args.out}: {cfg['image_size']} px images, a {cfg['grid']}x{cfg['grid']} "
+          f"grid of {cfg['num_codes']} codes, latents of width {cfg['latent_dim']}")  # fmt: skip
 
 
 def _cmd_tokenizer_reconstruct(args: argparse.Namespace) -> None:
@@ -163,6 +176,14 @@ def _cmd_align(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 
+def _cmd_data_digits(args: argparse.Namespace) -> None:
+    from unifork.data.digits import write_digits
+
+    counts = write_digits(args.out, image_size=args.image_size, seed=args.seed)
+    print(f"wrote {counts['train']} training and {counts['test']} test scans to {args.out} "
+          f"(sources folder:{args.out}/train.jsonl and folder:{args.out}/test.jsonl)")  # fmt: skip
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from unifork.eval.suite import EvalSettings, run_eval, summary_lines
     from unifork.inference.settings import SamplingSettings
@@ -170,7 +191,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     settings = EvalSettings(suite=args.suite, images_per_prompt=args.images_per_prompt,
                             prompts_per_category=args.prompts_per_category, sampling=SamplingSettings(cfg_scale=args.cfg_scale),
                             vqa_scenes=args.vqa_scenes, seed=args.seed, device=args.device,
-                            inception_weights=args.inception_weights)  # fmt: skip
+                            inception_weights=args.inception_weights, digits=args.digits)  # fmt: skip
     result = run_eval(args.ckpt, args.out, settings)
     print("\n".join(summary_lines(result)))
     print(f"wrote {args.out} in {result['wall_seconds']:.0f} s")
@@ -225,12 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     tok = sub.add_parser("tokenizer", help="image/text tokenizers")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
-    tok_train = tok_sub.add_parser("train", help="train the VQ image tokenizer (and the text tokenizer) on the world")
+    tok_train = tok_sub.add_parser("train", help="train the VQ image tokenizer (and the text tokenizer) on the world or your images")
     tok_train.add_argument("--out", required=True, help="output directory (config.json + model.safetensors + tokenizer.json)")
+    tok_train.add_argument("--data", default="world", help="world, or a source as in a recipe's [data]: folder:PATH, "
+                           "webdataset:GLOB, hf:PATH, parquet:GLOB (streamed, shuffled; corrupt images skipped)")  # fmt: skip
+    tok_train.add_argument("--eval-data", default="", help="held-out images to measure on (a source); default: 1 in 50 "
+                           "records of --data, never trained on")  # fmt: skip
+    tok_train.add_argument("--image-size", type=int, default=None, help="pixels per side (default 64); a multiple of --downsample")
+    tok_train.add_argument("--downsample", type=int, default=None, help="pixels per code along a side, a power of 2 (default 8: 256 px -> 32x32 codes)")
     tok_train.add_argument("--steps", type=int, default=None, help="training steps (default: the size preset's)")
+    tok_train.add_argument("--batch-size", type=int, default=None, help="images per step (default: the size preset's)")
+    tok_train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out exactly")
+    tok_train.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (checkpointed; continue with --resume)")
     tok_train.add_argument("--size", default="default", help="size preset: default | tiny")
     tok_train.add_argument("--seed", type=int, default=0, help="random seed")
     tok_train.set_defaults(func=_cmd_tokenizer_train)
+
+    tok_hf = tok_sub.add_parser("from-hf", help="import a pretrained image tokenizer (Janus / Emu3 VQ, diffusers VQModel) from a local checkpoint")
+    tok_hf.add_argument("--model", required=True, help="local checkpoint folder: the VQ model alone or the full Janus / Emu3 / diffusers pipeline")
+    tok_hf.add_argument("--out", required=True, help="new tokenizer directory (accepted wherever a tokenizer directory is)")
+    tok_hf.add_argument("--image-size", type=int, default=None, help="pixels per side, where the checkpoint does not fix it (Emu3)")
+    tok_hf.set_defaults(func=_cmd_tokenizer_from_hf)
 
     tok_rec = tok_sub.add_parser("reconstruct", help="encode an image to codes and decode it back")
     tok_rec.add_argument("--tokenizer", required=True, help="image tokenizer directory")
@@ -316,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ev.add_argument("--inception-weights", default=None,
                     help="local FID Inception-v3 weights file: adds standard FID (needs torch-fidelity; nothing is downloaded)")
+    ev.add_argument("--digits", default=None, help="score the handwritten-digits example instead: the folder of `unifork data digits`")
     ev.set_defaults(func=_cmd_eval)
 
     sv = sub.add_parser("serve", help="REST API (/v1, docs at /docs) and web demo (/ui) on one batching engine")
@@ -364,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="store codes only, not latents (latent_dim times smaller; enough for und_input = \"codes\" models)")
     pt.add_argument("--batch-size", type=int, default=256, help="images per tokenizer call")
     pt.set_defaults(func=_cmd_data_pretokenize)
+    dg = data_sub.add_parser("digits", help="scikit-learn's 1,797 handwritten digit scans as a folder: source (train/test by scan)")
+    dg.add_argument("--out", required=True, help="output folder: images/, train.jsonl, test.jsonl")
+    dg.add_argument("--image-size", type=int, default=32, help="pixels per side the 8x8 scans are upsampled to; default %(default)s")
+    dg.add_argument("--seed", type=int, default=0, help="seed of the split and the questions")
+    dg.set_defaults(func=_cmd_data_digits)
     return parser
 
 

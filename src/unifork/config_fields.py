@@ -21,6 +21,8 @@ _TYPES = {
     "tuple": (lambda v: isinstance(v, list | tuple), "a list"),
     "tuple[int, ...]": (lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(type(x) is int for x in v),
                         "a non-empty list of integers"),
+    "tuple[float, ...]": (lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(type(x) in (int, float) for x in v),
+                          "a non-empty list of numbers"),
 }
 
 

@@ -11,7 +11,7 @@ from typing import Protocol
 from unifork.data.batches import RankBatch, StageShape
 from unifork.data.config import DataConfig
 from unifork.sequences import SequenceBuilder
-from unifork.tokenizers.image import ImageTokenizer
+from unifork.tokenizers.codec import ImageCodec
 
 
 class Pool(Protocol):
@@ -27,7 +27,7 @@ class Pool(Protocol):
         """Counters for metrics.jsonl, e.g. images skipped as corrupt."""
 
 
-def make_pool(data: DataConfig, image_tokenizer: ImageTokenizer, builder: SequenceBuilder, announce: bool = True) -> Pool:
+def make_pool(data: DataConfig, image_tokenizer: ImageCodec, builder: SequenceBuilder, announce: bool = True) -> Pool:
     """The pool of a recipe's [data] source; `announce`: print warnings (rank 0 only)."""
     if data.source == "world":
         from unifork.data.world_pool import WorldPool

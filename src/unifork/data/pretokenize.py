@@ -20,10 +20,12 @@ from unifork.data.pretokenized import FORMAT, META_FILE, shard_stem
 from unifork.data.spec import open_source, parse_source
 from unifork.errors import UserError, param
 from unifork.images import CorruptImage, fit_image
-from unifork.tokenizers.image import ImageTokenizer, images_to_tensor
+from unifork.tokenizers.codec import ImageCodec
+from unifork.tokenizers.image import images_to_tensor
+from unifork.tokenizers.loading import load_image_tokenizer
 
 
-def _encode(tokenizer: ImageTokenizer, pixels: list[np.ndarray], latents: bool, batch_size: int) -> dict:
+def _encode(tokenizer: ImageCodec, pixels: list[np.ndarray], latents: bool, batch_size: int) -> dict:
     codes, lats = [], []
     with torch.no_grad():
         for i in range(0, len(pixels), batch_size):
@@ -34,7 +36,7 @@ def _encode(tokenizer: ImageTokenizer, pixels: list[np.ndarray], latents: bool, 
     return {"codes": torch.cat(codes), **({"latents": torch.cat(lats)} if latents else {})}
 
 
-def _write_shard(out: Path, index: int, source, tokenizer: ImageTokenizer, latents: bool, batch_size: int) -> None:
+def _write_shard(out: Path, index: int, source, tokenizer: ImageCodec, latents: bool, batch_size: int) -> None:
     records = list(source.read(index))
     pixels, valid = [], []
     for record in records:
@@ -62,7 +64,7 @@ def pretokenize(source: str, tokenizer_dir: str | Path, out: str | Path, latents
     scheme, _ = parse_source(source)
     if scheme in ("world", "pretokenized"):
         raise UserError(f"pretokenize reads image data (folder:, webdataset:, hf:, parquet:), not '{source}'")
-    tokenizer = ImageTokenizer.load(tokenizer_dir)
+    tokenizer = load_image_tokenizer(tokenizer_dir)
     reader = open_source(source)
     out = Path(out)
     names = reader.shards()

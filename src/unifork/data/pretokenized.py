@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from unifork.data.records import Encoded, Record
 from unifork.errors import UserError
-from unifork.tokenizers.image import ImageTokenizer
+from unifork.tokenizers.codec import ImageCodec
 
 META_FILE = "meta.json"
 FORMAT = "unifork-pretokenized-v1"
@@ -48,7 +48,7 @@ class PretokenizedSource:
             raise UserError(f"data source '{spec}': no such folder {path}")
         self.meta = read_meta(path, spec)
 
-    def check(self, tokenizer: ImageTokenizer, needs_latents: bool) -> None:
+    def check(self, tokenizer: ImageCodec, needs_latents: bool) -> None:
         """Refuse codes from another tokenizer, or missing latents when the model reads latents."""
         if self.meta["tokenizer"] != tokenizer.fingerprint():
             raise UserError(f"data source '{self.spec}' was pretokenized with another image tokenizer than this run's; "

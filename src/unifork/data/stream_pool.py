@@ -28,7 +28,8 @@ from unifork.data.stream import ShuffledStream
 from unifork.errors import UserError
 from unifork.images import CorruptImage, fit_image
 from unifork.sequences import Example, SequenceBuilder
-from unifork.tokenizers.image import ImageTokenizer, images_to_tensor
+from unifork.tokenizers.codec import ImageCodec
+from unifork.tokenizers.image import images_to_tensor
 
 WARN_FIRST = 5  # corrupt images announced one by one; later ones are only counted (metrics.jsonl)
 
@@ -45,7 +46,7 @@ class StreamRow:
 
 
 class StreamPool(PlannedPool):
-    def __init__(self, data: DataConfig, image_tokenizer: ImageTokenizer, builder: SequenceBuilder,
+    def __init__(self, data: DataConfig, image_tokenizer: ImageCodec, builder: SequenceBuilder,
                  announce: bool = True):  # fmt: skip
         self.data, self.tokenizer, self.builder, self.announce = data, image_tokenizer, builder, announce
         self.source = open_source(data.source)

@@ -14,7 +14,8 @@ import torch
 from unifork.data.batches import PlannedPool, StageShape, step_generator, task_counts
 from unifork.data.config import DataConfig
 from unifork.sequences import Example, SequenceBuilder
-from unifork.tokenizers.image import ImageTokenizer, images_to_tensor
+from unifork.tokenizers.codec import ImageCodec
+from unifork.tokenizers.image import images_to_tensor
 from unifork.world import World
 
 
@@ -31,7 +32,7 @@ class RowPlan:
 class WorldPool(PlannedPool):
     """`pool_size` world samples of `split`, their images encoded once."""
 
-    def __init__(self, data: DataConfig, image_tokenizer: ImageTokenizer, builder: SequenceBuilder,
+    def __init__(self, data: DataConfig, image_tokenizer: ImageCodec, builder: SequenceBuilder,
                  split: str = "train", encode_batch: int = 256):  # fmt: skip
         self.data, self.builder = data, builder
         world = World(seed=data.seed, split=split)

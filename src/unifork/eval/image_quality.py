@@ -24,34 +24,35 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from unifork.errors import UserError
 from unifork.eval.attribute_classifier import AttributeClassifier, to_classifier_input
 from unifork.images import fit_image
-from unifork.tokenizers.image import ImageTokenizer, images_to_tensor
+from unifork.tokenizers.codec import ImageCodec
+from unifork.tokenizers.image import images_to_tensor
 from unifork.world import World, render, scene_from_prompt
 
 
 @torch.no_grad()
-def reconstruction_quality(tokenizer: ImageTokenizer, split: str = "test", n_images: int = 256, seed: int = 0,
-                           batch_size: int = 128) -> dict:  # fmt: skip
-    """PSNR (dB) and SSIM of code -> image round trips of `split` scenes the tokenizer never trained on.
+def reconstruction_metrics(tokenizer: ImageCodec, images: torch.Tensor, batch_size: int = 128) -> dict:
+    """PSNR (dB) and SSIM of code -> image round trips of float (N, 3, H, W) images in [-1, 1].
 
-    Both on [0, 1] pixels, averaged over images (per-image PSNR, as the tokenizer's training report computes it);
-    SSIM with torchmetrics' defaults (11 px Gaussian window, sigma 1.5).
+    Both on [0, 1] pixels, averaged over images (per-image PSNR); SSIM with torchmetrics' defaults (11 px
+    Gaussian window, sigma 1.5).
     """
-    world = World(seed=seed, split=split)
-    images = np.stack([fit_image(world.sample(i).image, tokenizer.cfg.image_size) for i in range(n_images)])
     device = next(tokenizer.parameters()).device
     psnr, ssim = [], []
-    for chunk in images_to_tensor(images).split(batch_size):
+    for chunk in images.split(batch_size):
         target = chunk.to(device)
         recon = tokenizer.decode(tokenizer.encode(target))
         target, recon = (target + 1) / 2, (recon + 1) / 2  # [-1, 1] -> [0, 1]
         psnr.append(peak_signal_noise_ratio(recon, target, data_range=1.0, reduction="none", dim=(1, 2, 3)))
         ssim.append(structural_similarity_index_measure(recon, target, data_range=1.0, reduction="none"))
-    return {
-        "split": split,
-        "n_images": n_images,
-        "psnr": round(torch.cat(psnr).mean().item(), 3),
-        "ssim": round(torch.cat(ssim).mean().item(), 4),
-    }
+    return {"psnr": round(torch.cat(psnr).mean().item(), 3), "ssim": round(torch.cat(ssim).mean().item(), 4)}
+
+
+def reconstruction_quality(tokenizer: ImageCodec, split: str = "test", n_images: int = 256, seed: int = 0,
+                           batch_size: int = 128) -> dict:  # fmt: skip
+    """reconstruction_metrics on `split` scenes of the world, which the tokenizer never trained on."""
+    world = World(seed=seed, split=split)
+    images = np.stack([fit_image(world.sample(i).image, tokenizer.cfg.image_size) for i in range(n_images)])
+    return {"split": split, "n_images": n_images} | reconstruction_metrics(tokenizer, images_to_tensor(images), batch_size)
 
 
 def prompt_renderings(captions: list[str], seed: int = 0) -> np.ndarray:

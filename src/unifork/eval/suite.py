@@ -32,6 +32,7 @@ class EvalSettings:
     seed: int = 0
     device: str = "cpu"
     inception_weights: str | None = None
+    digits: str | None = None  # the folder of `unifork data digits`: score that example instead (eval/digits.py)
 
     def validate(self) -> None:
         """UserError naming the first setting out of range, before any model is loaded."""
@@ -44,6 +45,8 @@ class EvalSettings:
             raise UserError(f"{param('seed')} must be a non-negative integer below 2**63, got {self.seed}")
         if self.suite == "und" and self.inception_weights is not None:
             raise UserError(f"{param('inception_weights')} needs a generation suite (gen or all)")
+        if self.digits is not None and self.inception_weights is not None:
+            raise UserError(f"{param('inception_weights')} scores the shapes world; drop it with {param('digits')}")
 
 
 def run_eval(ckpt: str | Path, out: str | Path, settings: EvalSettings = EvalSettings(),
@@ -64,6 +67,12 @@ def run_eval(ckpt: str | Path, out: str | Path, settings: EvalSettings = EvalSet
     start = time.perf_counter()
     pipeline = Pipeline.from_pretrained(ckpt, task=TASK_OF_SUITE[settings.suite], device=settings.device)
     result: dict = {"suite": settings.suite, "checkpoint": str(ckpt), "settings": asdict(settings)}
+    if settings.digits is not None:
+        from unifork.eval.digits import evaluate_digits
+
+        result |= evaluate_digits(pipeline, settings.digits, settings.suite, settings.images_per_prompt,
+                                  settings.sampling, settings.seed)  # fmt: skip
+        return _finish(result, out, start)
     tokenizer = pipeline.image_tokenizer
     result["tokenizer"] = {
         split: reconstruction_quality(tokenizer, split, settings.tokenizer_images, seed=settings.seed)
@@ -73,6 +82,10 @@ def run_eval(ckpt: str | Path, out: str | Path, settings: EvalSettings = EvalSet
         result.update(_generation(pipeline, settings, cache_dir))
     if settings.suite in ("und", "all"):
         result.update(_understanding(pipeline, settings))
+    return _finish(result, out, start)
+
+
+def _finish(result: dict, out: Path, start: float) -> dict:
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2))
@@ -130,6 +143,8 @@ def summary_lines(result: dict) -> list[str]:
     def row(name: str, value: float, ci: list[float] | None = None) -> None:
         lines.append(f"  {name:<28} {value:7.3f}" + (f"   [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
 
+    if "digits" in result:
+        return _digits_lines(result, row, lines)
     for key, title in (("gen", "generation (ShapeEval)"), ("gen_heldout", "generation, held-out compositions")):
         if key in result:
             lines.append(f"{title}: accuracy [95% CI], {result[key]['n_images']} images")
@@ -158,6 +173,21 @@ def summary_lines(result: dict) -> list[str]:
     for split, quality in result["tokenizer"].items():
         row(f"{split} PSNR (dB)", quality["psnr"])
         row(f"{split} SSIM", quality["ssim"])
+    return lines
+
+
+def _digits_lines(result: dict, row, lines: list[str]) -> list[str]:
+    if "vqa" in result:
+        vqa = result["vqa"]
+        lines.append(f"digits VQA on unseen scans: exact match [95% CI], {vqa['counts']['overall']['total']} questions")
+        for kind, value in vqa["accuracy"].items():
+            row(kind, value, vqa["ci95"][kind])
+    if "gen" in result:
+        gen = result["gen"]
+        lines.append(f"generated digits classified as the prompted digit [95% CI], {gen['counts']['overall']['total']} images")
+        row("overall", gen["accuracy"]["overall"], gen["ci95"]["overall"])
+        row("judge on unseen scans", result["judge"]["accuracy_test_scans"])
+        row("judge on their reconstructions", result["judge"]["accuracy_reconstructions"])
     return lines
 
 

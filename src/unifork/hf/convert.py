@@ -22,7 +22,9 @@ from unifork.hf.architectures import read_backbone
 from unifork.hf.weights import VOCAB_TENSORS, read_hf_weights, take_und_path
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import UniFork
+from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.image import ImageTokenizer
+from unifork.tokenizers.loading import load_image_tokenizer
 from unifork.tokenizers.text import TOKENIZER_FILE, TextTokenizer
 
 UNTRAINED_IMAGE_TOKENIZER = (
@@ -46,7 +48,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
     known_ids = min(pretrained_ids, backbone.vocab_size)  # rows that a pretrained token id reads
     text = TextTokenizer(hf_tokenizer)  # appends our special tokens after the pretrained ids
     new_ids = range(pretrained_ids, text.vocab_size)
-    image = ImageTokenizer.load(image_tokenizer_dir) if image_tokenizer_dir is not None else _fresh_image_tokenizer(seed)
+    image = load_image_tokenizer(image_tokenizer_dir) if image_tokenizer_dir is not None else _fresh_image_tokenizer(seed)
     icfg = image.cfg
     cfg = ModelConfig(
         **backbone.shape,
@@ -123,6 +125,6 @@ def _read_tokenizer(model_dir: Path) -> Tokenizer:
         raise UserError(f"corrupt text tokenizer file {path}: {str(err).splitlines()[0]}") from None
 
 
-def _fresh_image_tokenizer(seed: int) -> ImageTokenizer:
+def _fresh_image_tokenizer(seed: int) -> ImageCodec:
     torch.manual_seed(seed)
     return ImageTokenizer()

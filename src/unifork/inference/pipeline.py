@@ -19,12 +19,13 @@ from unifork.inference.sampler import answer_questions, check_images, require_br
 from unifork.inference.settings import DEFAULT_ANSWER_TOKENS, DEFAULT_IMAGES, DEFAULTS, SamplingSettings
 from unifork.model.unifork import UniFork
 from unifork.sequences import SequenceBuilder
-from unifork.tokenizers.image import ImageTokenizer, images_to_tensor, tensor_to_images
+from unifork.tokenizers.codec import ImageCodec
+from unifork.tokenizers.image import images_to_tensor, tensor_to_images
 from unifork.tokenizers.text import TextTokenizer
 
 
 class Pipeline:
-    def __init__(self, model: UniFork, text: TextTokenizer, image: ImageTokenizer):
+    def __init__(self, model: UniFork, text: TextTokenizer, image: ImageCodec):
         check_compatible(model, text, image)
         self.model, self.text_tokenizer, self.image_tokenizer = model, text, image
         self.builder = SequenceBuilder(text, model.cfg)

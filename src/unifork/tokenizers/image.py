@@ -6,7 +6,6 @@ continuous latents (the understanding branch reads them through an MLP projector
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +18,12 @@ from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from unifork.atomic import atomic_save_tensors, atomic_write_text
 from unifork.config_fields import checked_fields
+from unifork.tokenizers.codec import ImageCodec
 from unifork.errors import UserError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+KIND = "vqvae"  # config.json's "kind": ours; tokenizers/pretrained.py names the imported ones
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class ImageTokenizerConfig:
         return self.codebook_size
 
     def to_json(self) -> str:
-        return json.dumps({"kind": "vqvae", **asdict(self)}, indent=2)
+        return json.dumps({"kind": KIND, **asdict(self)}, indent=2)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageTokenizerConfig":
@@ -110,7 +111,7 @@ class Decoder(nn.Module):
         return self.net(z)  # (B, 3, H, W) in [-1, 1] (not clamped: the loss sees the raw output)
 
 
-class ImageTokenizer(nn.Module):
+class ImageTokenizer(ImageCodec):
     """Images are float tensors (B, 3, H, W) in [-1, 1]; codes are long tensors (B, grid*grid), row-major."""
 
     def __init__(self, cfg: ImageTokenizerConfig = ImageTokenizerConfig()):
@@ -162,23 +163,14 @@ class ImageTokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, grid*grid) -> images (B, 3, H, W) clamped to [-1, 1]."""
+        self.check_codes(codes)
         g = self.cfg.grid
-        if codes.shape[-1] != g * g:
-            raise UserError(f"expected {g * g} image codes per image, got {codes.shape[-1]}")
         grid_codes = rearrange(codes, "b (h w) -> b h w", h=g)
         if self.cfg.quantizer == "fsq":
             zq = self.quantizer.indices_to_codes(grid_codes)  # (B, D, h, w)
         else:
             zq = rearrange(self.quantizer.get_output_from_indices(codes), "b (h w) d -> b d h w", h=g)
         return self.decoder(zq).clamp(-1, 1)
-
-    def fingerprint(self) -> str:
-        """sha256 of the config and weights: codes made by one tokenizer mean nothing to another."""
-        digest = hashlib.sha256(self.cfg.to_json().encode())
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

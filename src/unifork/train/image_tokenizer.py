@@ -1,24 +1,38 @@
-"""Train the VQ-VAE image tokenizer (and the text tokenizer) on the shapes world, then measure them."""
+"""Train the VQ-VAE image tokenizer (and the text tokenizer) on the shapes world or on a user's images, then
+measure them: report.json and reconstructions.png (held-out images above their reconstructions) beside them.
+
+A run checkpoints every `save_every` steps, and on SIGTERM/SIGINT, to OUT/tokenizer_state.pt; `resume=True`
+continues it bit-exactly (the weights, the optimizer, the image stream's position and the random streams).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from unifork.atomic import atomic_write_text
+from unifork.atomic import atomic_torch_save, atomic_write_text
+from unifork.data.spec import check_source
 from unifork.errors import UserError, param
-from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, images_to_tensor
+from unifork.eval.image_quality import reconstruction_metrics
+from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from unifork.tokenizers.objectives import SemanticHead, cell_labels
+from unifork.tokenizers.reconstruct import reconstruction_sheet
 from unifork.tokenizers.text import TextTokenizer, world_corpus
+from unifork.train.graceful_stop import GracefulStop
+from unifork.train.rng import capture_rng, restore_rng
 from unifork.train.schedule import progress_bar, warmup_cosine
-from unifork.world import World
+from unifork.train.tokenizer_images import SourceImages, WorldImages, source_corpus, source_eval_images, world_data
+
+STATE_FILE = "tokenizer_state.pt"
+REPORT_FILE = "report.json"
+SHEET_FILE = "reconstructions.png"
 
 
 @dataclass(frozen=True)
@@ -29,10 +43,12 @@ class TokenizerRecipe:
     lr: float = 5e-3  # measured: 2e-3 reached 26.6 dB in the same time, 5e-3 reached 29.8 dB
     warmup: int = 50
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    n_train_images: int = 8192
+    n_train_images: int = 8192  # the world's: rendered once, drawn with replacement
     n_eval_images: int = 512
-    text_samples: int = 4000
-    semantic_weight: float = 0.1  # of the per-cell attribute loss (tokenizers/objectives.py); 0: a plain VQ-VAE
+    text_samples: int = 4000  # world samples (or records of a source) whose text trains the text tokenizer
+    semantic_weight: float = 0.1  # of the per-cell attribute loss (tokenizers/objectives.py), world only; 0: plain
+    save_every: int = 200  # steps between resumable checkpoints
+    shuffle_buffer: int = 1000  # a source's records held for shuffling
 
 
 # Measured on the 2-core CPU: (16, 32, 64) channels train ~8x faster per step than (64, 128, 128) and reach a
@@ -45,96 +61,201 @@ RECIPES = {
 }
 
 
-def world_data(split: str, n: int, seed: int = 0) -> tuple[torch.Tensor, list]:
-    """The first n images of a world split as a (n, 3, H, W) tensor, and their scenes."""
-    world = World(seed=seed, split=split)
-    samples = [world.sample(i) for i in range(n)]
-    return images_to_tensor(np.stack([s.image for s in samples])), [s.scene for s in samples]
+@dataclass(frozen=True)
+class TokenizerData:
+    """What the tokenizer trains on: the world, or any source a recipe's [data] accepts (data/spec.py)."""
+
+    source: str = "world"
+    eval_source: str = ""  # held-out images; empty: the world's held-out splits, or 1 in 50 records of source
+    image_size: int | None = None  # None: the recipe's
+    downsample: int | None = None  # pixels per code along a side (a power of 2); None: the recipe's
+
+    @property
+    def world(self) -> bool:
+        return self.source == "world"
 
 
-def world_images(split: str, n: int, seed: int = 0) -> torch.Tensor:
-    return world_data(split, n, seed)[0]
-
-
-@torch.no_grad()
-def psnr(model: ImageTokenizer, images: torch.Tensor, batch: int = 256) -> float:
-    """Mean PSNR (dB, pixel range [0, 255]) of code -> image reconstructions."""
-    values = []
-    for chunk in images.split(batch):
-        recon = model.decode(model.encode(chunk))
-        mse = ((recon - chunk) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)  # [-1,1] -> [0,1] range
-        values.append(-10 * torch.log10(mse))
-    return torch.cat(values).mean().item()
-
-
-@torch.no_grad()
-def codebook_usage(model: ImageTokenizer, images: torch.Tensor, batch: int = 256) -> float:
-    """Fraction of the codebook used at least once over the images."""
-    used = torch.cat([model.encode(chunk).flatten() for chunk in images.split(batch)]).unique()
-    return used.numel() / model.cfg.num_codes
+def sized_config(cfg: ImageTokenizerConfig, image_size: int | None, downsample: int | None) -> ImageTokenizerConfig:
+    """cfg at another image size and downsampling; extra halving stages repeat the widest stage's channels."""
+    image_size = cfg.image_size if image_size is None else image_size
+    downsample = 2 ** len(cfg.channels) if downsample is None else downsample
+    stages = round(math.log2(downsample)) if downsample >= 2 else 0
+    if downsample < 2 or 2**stages != downsample:
+        raise UserError(f"{param('downsample')} must be a power of 2 of at least 2 (one halving per encoder stage), got {downsample}")
+    if image_size < 1 or image_size % downsample:
+        fit = max(downsample, round(image_size / downsample) * downsample)
+        raise UserError(f"{param('image_size')} {image_size} is not divisible by the encoder's downsampling "
+                        f"{downsample}; use a multiple of it (e.g. {fit}) or another {param('downsample')}")  # fmt: skip
+    channels = cfg.channels[:stages] + (cfg.channels[-1],) * (stages - len(cfg.channels))
+    return replace(cfg, image_size=image_size, channels=channels)
 
 
 def train_image_tokenizer(out: str | Path, steps: int | None = None, seed: int = 0, size: str = "default",
-                          progress: bool = True) -> dict:  # fmt: skip
-    """Train both tokenizers into `out` (config.json, model.safetensors, tokenizer.json); returns report.json's content."""
+                          data: TokenizerData = TokenizerData(), batch_size: int | None = None, resume: bool = False,
+                          progress: bool = True, max_steps: int | None = None) -> dict | None:  # fmt: skip
+    """Train both tokenizers into `out` (config.json, model.safetensors, tokenizer.json) and return report.json's
+    content; None when stopped early (after `max_steps` steps of this call, or by a signal), checkpointed."""
+    recipe = _recipe(size, steps, batch_size, data)
+    for spec in (data.source, data.eval_source):
+        if spec:  # a bad scheme or a missing path fails before anything trains
+            check_source(spec)
+    out = Path(out)
+    state_path = out / STATE_FILE
+    if state_path.is_file() and not resume:
+        raise UserError(f"{out} holds an interrupted tokenizer training; continue it with {param('resume')} or "
+                        f"choose a new {param('out')}")  # fmt: skip
+    if resume and not state_path.is_file() and (out / REPORT_FILE).is_file():
+        print(f"{out} already holds a trained tokenizer; nothing to resume")
+        return json.loads((out / REPORT_FILE).read_text())
+    eval_sets = _eval_sets(recipe, data, seed)  # before anything is written: a source without images fails here
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    train_text_tokenizer(out, data.source, recipe.text_samples, seed)
+    fit = _Fit(recipe, data, seed, progress)
+    if resume and state_path.is_file():
+        fit.load_state_dict(torch.load(state_path, weights_only=True), data)
+    if not fit.run(state_path, max_steps):
+        return None
+    fit.model.save(out)
+    report = {"steps": recipe.steps, "train_seconds": round(fit.seconds, 1), "data": data.source,
+              **_measure(fit, eval_sets, data, out)}  # fmt: skip
+    atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2))
+    state_path.unlink(missing_ok=True)
+    return report
+
+
+def train_text_tokenizer(out: Path, source: str = "world", n_samples: int = RECIPES["default"].text_samples,
+                         seed: int = 0) -> None:  # fmt: skip
+    """The text tokenizer, trained on the text of n world samples or of the source's first n records."""
+    corpus = world_corpus(n_samples, seed=seed) if source == "world" else source_corpus(source, n_samples)
+    TextTokenizer.train(corpus).save(out)
+
+
+def _recipe(size: str, steps: int | None, batch_size: int | None, data: TokenizerData) -> TokenizerRecipe:
     if size not in RECIPES:
         raise UserError(f"unknown tokenizer {param('size')} '{size}'; choose one of: {', '.join(RECIPES)}")
-    recipe = RECIPES[size] if steps is None else replace(RECIPES[size], steps=steps)
-    if recipe.steps < 1:
-        raise UserError(f"{param('steps')} must be at least 1, got {recipe.steps}")
-    out = Path(out)
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    TextTokenizer.train(world_corpus(recipe.text_samples, seed=seed)).save(out)
-    model, semantic = _fit(recipe, seed, progress)
-    train_seconds = time.perf_counter() - start
-    model.save(out)
-    report = {"steps": recipe.steps, "train_seconds": round(train_seconds, 1)} | _measure(model, semantic, recipe, seed)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    return report
+    recipe = RECIPES[size]
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{param(name)} must be at least 1, got {value}")
+    recipe = replace(recipe, steps=steps or recipe.steps, batch_size=batch_size or recipe.batch_size,
+                     model=sized_config(recipe.model, data.image_size, data.downsample))  # fmt: skip
+    if not data.world:  # the per-cell labels exist only where the scene is known
+        recipe = replace(recipe, semantic_weight=0.0)
+    return recipe
 
 
-def _fit(recipe: TokenizerRecipe, seed: int, progress: bool) -> tuple[ImageTokenizer, SemanticHead | None]:
-    """The image tokenizer trained on the world's train split, and the semantic head trained beside it (or None)."""
-    train_images, train_scenes = world_data("train", recipe.n_train_images, seed=seed)
-    model = ImageTokenizer(recipe.model)
-    semantic = SemanticHead(model.cfg.latent_dim)  # built either way: the random stream stays that of older runs
-    labels = cell_labels(train_scenes, model.cfg.grid) if recipe.semantic_weight else None
-    params = [*model.parameters(), *(semantic.parameters() if recipe.semantic_weight else ())]
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    bar = progress_bar(0, recipe.steps, "image tokenizer", progress)
-    for step in bar:
-        for group in optimizer.param_groups:
+class _Fit:
+    """The model, its optimizer and its image stream, stepped through the recipe."""
+
+    def __init__(self, recipe: TokenizerRecipe, data: TokenizerData, seed: int, progress: bool):
+        self.recipe, self.progress, self.step, self.seconds = recipe, progress, 0, 0.0
+        if data.world:
+            self.images = WorldImages(recipe.n_train_images, seed)
+        else:
+            self.images = SourceImages(data.source, recipe.model.image_size, seed, recipe.shuffle_buffer,
+                                       holdout=not data.eval_source)  # fmt: skip
+        self.model = ImageTokenizer(recipe.model)
+        self.semantic = SemanticHead(self.model.cfg.latent_dim)  # built either way: the random stream stays that of older runs
+        self.labels = cell_labels(self.images.scenes, self.model.cfg.grid) if recipe.semantic_weight else None
+        params = [*self.model.parameters(), *(self.semantic.parameters() if self.labels is not None else ())]
+        self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        self.identity = {"steps": recipe.steps, "batch_size": recipe.batch_size, "source": data.source,
+                         "model": recipe.model.to_json()}  # fmt: skip
+
+    def run(self, state_path: Path, max_steps: int | None) -> bool:
+        """Train to the recipe's last step (True), or stop early with a checkpoint (False)."""
+        recipe, start, began = self.recipe, self.step, time.perf_counter()
+        self.model.train()
+        with GracefulStop() as signals:
+            bar = progress_bar(start, recipe.steps, "image tokenizer", self.progress)
+            for step in bar:
+                loss = self._train_step(step)
+                self.step = step + 1
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                stop = signals.requested or (max_steps is not None and self.step - start >= max_steps)
+                if self.step < recipe.steps and (stop or self.step % recipe.save_every == 0):
+                    self.seconds += time.perf_counter() - began
+                    began = time.perf_counter()
+                    atomic_torch_save(self.state_dict(), state_path)
+                if stop and self.step < recipe.steps:
+                    print(f"tokenizer training stopped at step {self.step}; resuming continues it", flush=True)
+                    return False
+        self.seconds += time.perf_counter() - began
+        self.model.eval()
+        return True
+
+    def _train_step(self, step: int) -> float:
+        recipe = self.recipe
+        for group in self.optimizer.param_groups:
             group["lr"] = warmup_cosine(step, recipe.steps, recipe.lr, recipe.warmup, recipe.min_lr_ratio)
-        pick = torch.randint(len(train_images), (recipe.batch_size,), generator=generator)
-        batch = train_images[pick]
-        latents = model.encoder(batch)
-        quantized, _, aux = model.quantize(latents)
-        loss = F.mse_loss(model.decoder(quantized), batch) + aux
-        if labels is not None:
-            loss = loss + recipe.semantic_weight * semantic.loss(rearrange(latents, "b d h w -> b (h w) d"), labels[pick])
-        optimizer.zero_grad(set_to_none=True)
+        batch, pick = self.images.next_batch(recipe.batch_size)
+        latents = self.model.encoder(batch)
+        quantized, _, aux = self.model.quantize(latents)
+        loss = F.mse_loss(self.model.decoder(quantized), batch) + aux
+        if self.labels is not None:
+            flat = rearrange(latents, "b d h w -> b (h w) d")
+            loss = loss + recipe.semantic_weight * self.semantic.loss(flat, self.labels[pick])
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    return model.eval(), semantic if labels is not None else None
+        self.optimizer.step()
+        return loss.item()
+
+    def state_dict(self) -> dict:
+        return {"identity": self.identity, "step": self.step, "seconds": self.seconds, "model": self.model.state_dict(),
+                "semantic": self.semantic.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "images": self.images.state_dict(), "rng": capture_rng(torch.device("cpu"))}  # fmt: skip
+
+    def load_state_dict(self, state: dict, data: TokenizerData) -> None:
+        changed = [k for k, v in self.identity.items() if state["identity"].get(k) != v]
+        if changed:
+            raise UserError(f"the interrupted tokenizer training was started with another {changed[0]} "
+                            f"({state['identity'][changed[0]]!r}); resume it with the settings it started with")  # fmt: skip
+        self.step, self.seconds = state["step"], state["seconds"]
+        self.model.load_state_dict(state["model"])
+        self.semantic.load_state_dict(state["semantic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.images.load_state_dict(state["images"])
+        restore_rng(state["rng"], torch.device("cpu"))
 
 
-def _measure(model: ImageTokenizer, semantic: SemanticHead | None, recipe: TokenizerRecipe, seed: int) -> dict:
-    """Reconstruction PSNR on held-out compositions and unseen scenes, codebook usage, and how well the latents of
-    unseen scenes tell each object cell's attributes (with a semantic head)."""
-    heldout = world_images("heldout", recipe.n_eval_images, seed=seed)
-    test, test_scenes = world_data("test", recipe.n_eval_images, seed=seed)
-    report = {
-        "psnr_heldout": round(psnr(model, heldout), 2),
-        "psnr_test": round(psnr(model, test), 2),
-        "codebook_usage": round(codebook_usage(model, torch.cat([heldout, test])), 4),
-        "num_codes": model.cfg.num_codes,
-        "grid": model.cfg.grid,
-    }
-    if semantic is not None:
+def _eval_sets(recipe: TokenizerRecipe, data: TokenizerData, seed: int) -> dict:
+    """The held-out images the report measures, by name, and the world's test scenes (for the semantic probe)."""
+    size, n = recipe.model.image_size, recipe.n_eval_images
+    if data.world:
+        heldout, _ = world_data("heldout", n, seed=seed)
+        test, test_scenes = world_data("test", n, seed=seed)
+        return {"heldout": heldout, "test": test, "test_scenes": test_scenes}
+    source_eval_images(data.source, size, 1, holdout=False)  # one readable training image, or a clear error
+    if data.eval_source:
+        return {"heldout": source_eval_images(data.eval_source, size, n, holdout=False)}
+    return {"heldout": source_eval_images(data.source, size, n, holdout=True)}
+
+
+def _measure(fit: _Fit, eval_sets: dict, data: TokenizerData, out: Path) -> dict:
+    """Reconstruction PSNR/SSIM and codebook usage on held-out images (and, on the world, how well the latents of
+    unseen scenes tell each object cell's attributes); writes the reconstruction sheet."""
+    model = fit.model
+    sets = {name: images for name, images in eval_sets.items() if name != "test_scenes"}
+    report = {"image_size": model.cfg.image_size, "grid": model.cfg.grid, "num_codes": model.cfg.num_codes}
+    for name, images in sets.items():
+        metrics = reconstruction_metrics(model, images)
+        report |= {f"psnr_{name}": round(metrics["psnr"], 2), f"ssim_{name}": metrics["ssim"], f"n_{name}": len(images)}
+    report["codebook_usage"] = round(_codebook_usage(model, torch.cat(list(sets.values()))), 4)
+    if not data.world:
+        report |= {"eval_data": data.eval_source or f"1 in 50 records of {data.source}, held out of training",
+                   "skipped_corrupt": fit.images.skipped}  # fmt: skip
+    if fit.labels is not None:
         with torch.no_grad():
-            report["semantic_accuracy"] = semantic.accuracy(model.encode_latents(test), cell_labels(test_scenes, model.cfg.grid))
+            labels = cell_labels(eval_sets["test_scenes"], model.cfg.grid)
+            report["semantic_accuracy"] = fit.semantic.accuracy(model.encode_latents(sets["test"]), labels)
+    reconstruction_sheet(model, sets["heldout"][:16], out / SHEET_FILE)
     return report
+
+
+@torch.no_grad()
+def _codebook_usage(model: ImageTokenizer, images: torch.Tensor, batch: int = 256) -> float:
+    """Fraction of the codebook used at least once over the images."""
+    used = torch.cat([model.encode(chunk).flatten() for chunk in images.split(batch)]).unique()
+    return used.numel() / model.cfg.num_codes

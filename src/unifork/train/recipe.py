@@ -45,6 +45,20 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class TokenizerTable:
+    """[tokenizer]: how a recipe without tokenizer_dir makes its tokenizers in OUT/tokenizer, trained on its [data]
+    source (`unifork tokenizer train --data`); 0 or empty keeps the tokenizer size preset's value."""
+
+    size: str = "default"  # the preset (train/image_tokenizer.py RECIPES)
+    steps: int = 0
+    batch_size: int = 0
+    image_size: int = 0
+    downsample: int = 0
+    eval_source: str = ""  # held-out images for its report; empty: 1 in 50 records of the data
+    image_tokenizer: str = ""  # use this image tokenizer directory as is (e.g. `tokenizer from-hf`): only text trains
+
+
+@dataclass(frozen=True)
 class Recipe:
     model: ModelConfig
     data: DataConfig
@@ -53,6 +67,7 @@ class Recipe:
     seed: int = 0
     init_checkpoint: str = ""  # a checkpoint directory to start from (weights, config, tokenizers); empty: fresh
     model_keys: dict = field(default_factory=dict)  # what [model] stated (a `size` as its keys), checked against it
+    tokenizer: TokenizerTable = TokenizerTable()
 
 
 def _stage(table: dict, index: int, source: str) -> StageConfig:
@@ -94,7 +109,8 @@ def load_recipe(path: str | Path) -> Recipe:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"invalid TOML in {path}: {err}") from None
-    allowed = {"model": dict, "data": dict, "stages": list, "tokenizer_dir": str, "seed": int, "init_checkpoint": str}
+    allowed = {"model": dict, "data": dict, "stages": list, "tokenizer_dir": str, "seed": int, "init_checkpoint": str,
+               "tokenizer": dict}  # fmt: skip
     for key, value in raw.items():
         if key not in allowed:
             raise UserError(f"unknown key '{key}' in {path}; known keys: {', '.join(sorted(allowed))}")
@@ -110,6 +126,10 @@ def load_recipe(path: str | Path) -> Recipe:
     init_checkpoint = raw.get("init_checkpoint", "")
     if init_checkpoint and raw.get("tokenizer_dir"):
         raise UserError(f"{path} sets both init_checkpoint and tokenizer_dir; the checkpoint brings its tokenizers, drop tokenizer_dir")
+    if raw.get("tokenizer") and (raw.get("tokenizer_dir") or init_checkpoint):
+        given = "tokenizer_dir" if raw.get("tokenizer_dir") else "init_checkpoint"
+        raise UserError(f"{path} sets both {given} and a [tokenizer] table, which says how to train new tokenizers; drop one")
+    tokenizer = _tokenizer_table(raw.get("tokenizer", {}), path)
     data = DataConfig(**checked_fields(raw.get("data", {}), DataConfig, f"[data] of {path}", non_negative=True))
     check_source(data.source)  # a bad scheme or a missing path fails now, not after the tokenizers train
     for key in ("pool_size", "und_turns", "shuffle_buffer"):
@@ -121,7 +141,17 @@ def load_recipe(path: str | Path) -> Recipe:
     if len({s.name for s in stages}) != len(stages):
         raise UserError(f"stage names in {path} must be unique")
     return Recipe(model=model, data=data, stages=stages, tokenizer_dir=raw.get("tokenizer_dir", ""), seed=raw.get("seed", 0),
-                  init_checkpoint=init_checkpoint, model_keys=stated)  # fmt: skip
+                  init_checkpoint=init_checkpoint, model_keys=stated, tokenizer=tokenizer)  # fmt: skip
+
+
+def _tokenizer_table(table: dict, path: Path) -> TokenizerTable:
+    tokenizer = TokenizerTable(**checked_fields(table, TokenizerTable, f"[tokenizer] of {path}", non_negative=True))
+    if tokenizer.eval_source:
+        check_source(tokenizer.eval_source)
+    if tokenizer.image_tokenizer and not Path(tokenizer.image_tokenizer).is_dir():
+        raise UserError(f"[tokenizer] image_tokenizer of {path}: no such directory {tokenizer.image_tokenizer}; "
+                        "make one with `unifork tokenizer from-hf` or `unifork tokenizer train`")  # fmt: skip
+    return tokenizer
 
 
 def resolved_recipe(recipe: Recipe, model: ModelConfig) -> str:
@@ -132,11 +162,18 @@ def resolved_recipe(recipe: Recipe, model: ModelConfig) -> str:
     def absolute(path: str) -> str:
         return os.path.abspath(path) if path else ""
 
-    scheme, path = parse_source(recipe.data.source)
-    data = replace(recipe.data, source=f"{scheme}:{absolute(path)}" if path else scheme)
+    def absolute_source(spec: str) -> str:
+        scheme, path = parse_source(spec)
+        return f"{scheme}:{absolute(path)}" if path else scheme
+
+    data = replace(recipe.data, source=absolute_source(recipe.data.source))
     table = {"seed": recipe.seed, "tokenizer_dir": absolute(recipe.tokenizer_dir),
              "init_checkpoint": absolute(recipe.init_checkpoint), "model": asdict(model), "data": asdict(data),
              "stages": [asdict(stage) | {"train": list(stage.train)} for stage in recipe.stages]}  # fmt: skip
+    if not (recipe.tokenizer_dir or recipe.init_checkpoint):  # else the tokenizers come from there, not a table
+        tokenizer = recipe.tokenizer
+        table["tokenizer"] = asdict(replace(tokenizer, image_tokenizer=absolute(tokenizer.image_tokenizer),
+                                            eval_source=absolute_source(tokenizer.eval_source) if tokenizer.eval_source else ""))  # fmt: skip
     return "# The fully resolved recipe this was trained with (unifork train --config FILE --out DIR).\n" + tomlkit.dumps(table)
 
 

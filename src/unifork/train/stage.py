@@ -27,7 +27,7 @@ from unifork.checkpoint import load_model, save_pretrained
 from unifork.data.pool import Pool
 from unifork.errors import UserError, param
 from unifork.model.unifork import TASKS, UniFork
-from unifork.tokenizers.image import ImageTokenizer
+from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.text import TextTokenizer
 from unifork.train.checkpoints import DONE_FILE, STATE_FILE, latest_checkpoint, load_train_state, save_checkpoint
 from unifork.train.distributed import Ranks
@@ -47,7 +47,7 @@ class Run:
     out: Path
     recipe_toml: str  # the resolved recipe, written into every checkpoint
     text: TextTokenizer
-    image: ImageTokenizer
+    image: ImageCodec
     pool: Pool
     ranks: Ranks
     signals: GracefulStop

@@ -34,12 +34,14 @@ from unifork.errors import UserError, param
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import UniFork
 from unifork.sequences import SequenceBuilder
-from unifork.tokenizers.image import ImageTokenizer
+from unifork.tokenizers.codec import ImageCodec
+from unifork.tokenizers.loading import image_tokenizer_kind, load_image_tokenizer
+from unifork.tokenizers.text import TOKENIZER_FILE as TEXT_TOKENIZER_FILE
 from unifork.tokenizers.text import TextTokenizer
 from unifork.train.checkpoints import DONE_FILE, latest_checkpoint
 from unifork.train.distributed import Ranks, start, stop
 from unifork.train.graceful_stop import GracefulStop
-from unifork.train.image_tokenizer import train_image_tokenizer
+from unifork.train.image_tokenizer import TokenizerData, train_image_tokenizer, train_text_tokenizer
 from unifork.train.optim import check_optimizer_strategy
 from unifork.train.parallelize import STRATEGIES
 from unifork.train.recipe import Recipe, check_model_agrees, check_split, load_recipe, resolved_recipe
@@ -131,7 +133,7 @@ def _initial_model(recipe: Recipe, cfg: ModelConfig, ranks: Ranks) -> UniFork:
     return UniFork(cfg).to(ranks.device)
 
 
-def _tokenizers_and_config(recipe: Recipe, out: Path, progress: bool) -> tuple[TextTokenizer, ImageTokenizer, ModelConfig]:
+def _tokenizers_and_config(recipe: Recipe, out: Path, progress: bool) -> tuple[TextTokenizer, ImageCodec, ModelConfig]:
     """A fresh model's tokenizers (trained if needed) and config, or those an init_checkpoint brings."""
     if not recipe.init_checkpoint:
         text, image = _prepare_tokenizers(recipe, out, progress)
@@ -147,17 +149,34 @@ def _tokenizers_and_config(recipe: Recipe, out: Path, progress: bool) -> tuple[T
     return text, image, cfg
 
 
-def _prepare_tokenizers(recipe: Recipe, out: Path, progress: bool) -> tuple[TextTokenizer, ImageTokenizer]:
-    tok_dir = Path(recipe.tokenizer_dir) if recipe.tokenizer_dir else out / "tokenizer"
-    if not (tok_dir / "model.safetensors").is_file():
-        if recipe.tokenizer_dir:
+def _prepare_tokenizers(recipe: Recipe, out: Path, progress: bool) -> tuple[TextTokenizer, ImageCodec]:
+    """The recipe's tokenizer_dir, or OUT/tokenizer, trained on the recipe's data source unless already there."""
+    if recipe.tokenizer_dir:
+        tok_dir = Path(recipe.tokenizer_dir)
+        if image_tokenizer_kind(tok_dir) is None:
             raise UserError(f"tokenizer_dir {tok_dir} holds no image tokenizer; train one with `unifork tokenizer train`")
-        print(f"training the text and image tokenizers into {tok_dir}")
-        train_image_tokenizer(tok_dir, seed=recipe.seed, progress=progress)
-    return TextTokenizer.load(tok_dir), ImageTokenizer.load(tok_dir)
+        if not (tok_dir / TEXT_TOKENIZER_FILE).is_file():
+            raise UserError(f"tokenizer_dir {tok_dir} holds no text tokenizer ({TEXT_TOKENIZER_FILE}); for an image "
+                            "tokenizer alone (e.g. from `tokenizer from-hf`) set [tokenizer] image_tokenizer instead")  # fmt: skip
+        return TextTokenizer.load(tok_dir), load_image_tokenizer(tok_dir)
+    table, tok_dir = recipe.tokenizer, out / "tokenizer"
+    if not (tok_dir / TEXT_TOKENIZER_FILE).is_file() or (not table.image_tokenizer and image_tokenizer_kind(tok_dir) is None):
+        print(f"training the text{'' if table.image_tokenizer else ' and image'} tokenizers into {tok_dir} on {recipe.data.source}")
+        if table.image_tokenizer:
+            tok_dir.mkdir(parents=True, exist_ok=True)
+            train_text_tokenizer(tok_dir, recipe.data.source, seed=recipe.seed)
+        else:
+            data = TokenizerData(recipe.data.source, table.eval_source, table.image_size or None, table.downsample or None)
+            train_image_tokenizer(tok_dir, steps=table.steps or None, seed=recipe.seed, size=table.size, data=data,
+                                  batch_size=table.batch_size or None, progress=progress)  # fmt: skip
+    image = load_image_tokenizer(table.image_tokenizer or tok_dir)
+    if table.image_size and image.cfg.image_size != table.image_size:
+        raise UserError(f"the image tokenizer in {table.image_tokenizer or tok_dir} encodes {image.cfg.image_size} px "
+                        f"images, but [tokenizer] image_size is {table.image_size}; make them agree")  # fmt: skip
+    return TextTokenizer.load(tok_dir), image
 
 
-def _model_config(recipe: Recipe, text: TextTokenizer, image: ImageTokenizer) -> ModelConfig:
+def _model_config(recipe: Recipe, text: TextTokenizer, image: ImageCodec) -> ModelConfig:
     """The recipe's model, with the vocabulary and image sizes the tokenizers dictate; a [model] table that states
     one of them (as a resolved recipe.toml does) must agree, or this is not the tokenizer it was trained with."""
     dictated = {"text_vocab_size": text.vocab_size, "image_vocab_size": image.cfg.num_codes,
