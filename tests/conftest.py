@@ -51,3 +51,22 @@ def tiny_checkpoint(out):
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def tiny_qwen(directory):
+    """A random 2-layer Qwen2 with a byte-level BPE tokenizer, as a local HF checkpoint folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=True), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    bpe.train_from_iterator(["what is this?", "noise", "a picture of noise"], trainer=trainer)
+    import transformers
+
+    config = transformers.Qwen2Config(vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                      max_position_embeddings=128, tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(config).save_pretrained(directory)
+    bpe.save(str(directory / "tokenizer.json"))

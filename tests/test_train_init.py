@@ -28,8 +28,8 @@ from unifork.train.trainer import train
 transformers = pytest.importorskip("transformers")
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("qwen2.5-0.5b-*.toml"))
-# Qwen2.5-0.5B forked at 12 (docs/scale.md), with the default image tokenizer's 512 codes on an 8 x 8 grid
-QWEN_05B = ModelConfig(text_vocab_size=151936, image_vocab_size=512, image_tokens=64, image_latent_dim=64, d_model=896,
+# Qwen2.5-0.5B forked at 12 (docs/scale.md), with Janus-Pro's image tokenizer: 16,384 codes on a 24 x 24 grid
+QWEN_05B = ModelConfig(text_vocab_size=151936, image_vocab_size=16384, image_tokens=576, image_latent_dim=256, d_model=896,
                        n_layers=24, n_heads=14, n_kv_heads=2, mlp_hidden=4864, fork_layer=12, max_seq_len=32768,
                        rope_theta=1e6, tie_word_embeddings=True)  # fmt: skip
 
@@ -162,8 +162,8 @@ def test_paper_recipes_train_what_the_paper_trains():
         for stage in offline["stages"]:
             counts[stage["name"]] = sum(p.numel() for p in set_trainable(model, tuple(stage["train"])))
     assert counts == {
-        "align_imagenet": 1_836_800, "align_captions": 1_836_800,  # projector + image embeddings + image head
-        "joint_pretrain": 674_819_072, "joint_sft": 674_819_072,  # everything
-        "gen_branch": 179_408_256,  # the generation branch, its norm and head
+        "align_imagenet": 30_910_208, "align_captions": 30_910_208,  # projector + image embeddings + image head
+        "joint_pretrain": 703_892_480, "joint_sft": 703_892_480,  # everything
+        "gen_branch": 193_629_568,  # the generation branch, its norm and head
         "und_branch": 178_949_504,  # the understanding branch and its norm, not the tied head
     }  # fmt: skip

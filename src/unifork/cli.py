@@ -91,7 +91,8 @@ def _cmd_ask(args: argparse.Namespace) -> None:
 def _cmd_fork_hf(args: argparse.Namespace) -> None:
     from unifork.hf import fork_hf
 
-    info = fork_hf(args.model, args.fork_layer, args.out, image_tokenizer_dir=args.image_tokenizer)
+    info = fork_hf(args.model, args.fork_layer, args.out, image_tokenizer_dir=args.image_tokenizer,
+                   vision_encoder_dir=args.vision_encoder, vision_layer=args.vision_layer)  # fmt: skip
     counts = ", ".join(f"{name} {n / 1e6:.1f}M" for name, n in info["parameters"].items())
     print(f"forked {info['architecture']} at layer {info['fork_layer']} of {info['n_layers']} into {args.out} "
           f"({counts}); use it as --ckpt")  # fmt: skip
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     fk.add_argument("--fork-layer", type=int, required=True, help="layers [0, K) are shared; the paper forks Qwen2.5-0.5B at 12 of 24")
     fk.add_argument("--out", required=True, help="output checkpoint directory (usable as --ckpt)")
     fk.add_argument("--image-tokenizer", default=None, help="image tokenizer directory (from `unifork tokenizer train`); default: a fresh untrained one")
+    fk.add_argument("--vision-encoder", default=None, help="local SigLIP / CLIP checkpoint (with its preprocessor_config.json): "
+                    "its patch features become the understanding input, frozen unless a stage names trunk.vision.*")  # fmt: skip
+    fk.add_argument("--vision-layer", type=int, default=-2, help="hidden layer of the vision encoder to read; default %(default)s (LLaVA's)")
     fk.set_defaults(func=_cmd_fork_hf)
 
     ex = sub.add_parser("export-hf", help="write a checkpoint's understanding path as a standard HF causal LM (Qwen2 or Llama)")

@@ -24,7 +24,7 @@ class Example:
     tokens: list[int]
     kinds: list[int]
     targets: list[int]
-    latents: torch.Tensor | None = None  # (L, latent_dim) when the image enters as projected latents
+    latents: torch.Tensor | None = None  # (L, latent_dim) when the image enters as projected latents; (3, H, W) pixels for "vision"
 
 
 class SequenceBuilder:
@@ -44,8 +44,8 @@ class SequenceBuilder:
         so more answers per image multiply the understanding signal per step almost for free.
         """
         t = self.text
-        n_img = self.cfg.image_tokens
-        if self.cfg.und_input == "latents":
+        n_img = self.cfg.und_image_tokens
+        if self.cfg.und_input in ("latents", "vision"):
             image_tokens, image_kinds = [0] * n_img, [LATENT] * n_img
         else:
             latents = None

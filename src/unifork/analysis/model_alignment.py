@@ -22,6 +22,7 @@ from unifork.images import fit_image
 from unifork.model.unifork import CODE, IGNORE, LATENT, Batch
 from unifork.sequences import Example, SequenceBuilder
 from unifork.tokenizers.image import images_to_tensor
+from unifork.und_images import und_inputs
 from unifork.world import World, canonical_caption
 
 
@@ -60,20 +61,20 @@ def model_alignment(pipeline, n: int = 256, k: int = 10, pooling: str = "mean", 
 
 
 def world_pairs(pipeline, n: int, split: str, seed: int, batch_size: int):
-    """n scenes of a split: canonical captions, codes (n, L) and, for a latents-input model, latents (n, L, D)."""
+    """n scenes of a split: canonical captions, codes (n, L) and the understanding input (latents or pixels) or None."""
     world = World(seed=seed, split=split)
-    size = pipeline.image_tokenizer.cfg.image_size  # the tokenizer's input size
+    tokenizer = pipeline.image_tokenizer
     samples = [world.sample(i) for i in range(n)]
     captions = [canonical_caption(s.scene) for s in samples]  # names every object, so it pairs with the whole image
-    pixels = np.stack([fit_image(s.image, size) for s in samples])  # (n, H, W, 3) uint8
-    use_latents = pipeline.model.cfg.und_input == "latents"
-    codes, latents = [], []
+    codes, und = [], []
     for start in range(0, n, batch_size):
-        x = images_to_tensor(pixels[start : start + batch_size]).to(pipeline.device)
-        codes.append(pipeline.image_tokenizer.encode(x).cpu())
-        if use_latents:
-            latents.append(pipeline.image_tokenizer.encode_latents(x).cpu())
-    return captions, torch.cat(codes), torch.cat(latents) if use_latents else None
+        chunk = [s.image for s in samples[start : start + batch_size]]
+        pixels = np.stack([fit_image(image, tokenizer.cfg.image_size) for image in chunk])
+        codes.append(tokenizer.encode(images_to_tensor(pixels).to(pipeline.device)).cpu())  # the generation path's
+        _, inputs = und_inputs(pipeline.model.cfg, tokenizer, chunk, pipeline.device)
+        if inputs is not None:
+            und.append(inputs.cpu())
+    return captions, torch.cat(codes), torch.cat(und) if und else None
 
 
 def understand_caption(builder: SequenceBuilder, codes: torch.Tensor, latents: torch.Tensor | None,

@@ -30,6 +30,7 @@ from unifork.images import CorruptImage, fit_image
 from unifork.sequences import Example, SequenceBuilder
 from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.image import images_to_tensor
+from unifork.und_images import und_image_size
 
 WARN_FIRST = 5  # corrupt images announced one by one; later ones are only counted (metrics.jsonl)
 
@@ -51,6 +52,9 @@ class StreamPool(PlannedPool):
         self.data, self.tokenizer, self.builder, self.announce = data, image_tokenizer, builder, announce
         self.source = open_source(data.source)
         if isinstance(self.source, PretokenizedSource):
+            if builder.cfg.und_input == "vision":
+                raise UserError(f"data source '{data.source}' holds codes, but this model's vision encoder reads "
+                                "pixels for understanding rows; train on the source it was pretokenized from")  # fmt: skip
             self.source.check(image_tokenizer, needs_latents=builder.cfg.und_input == "latents")
         self.streams = {
             "und": ShuffledStream(self.source, data.seed, data.shuffle_buffer, lambda r: bool(r.qa),
@@ -61,13 +65,18 @@ class StreamPool(PlannedPool):
         self.skipped = {"corrupt": 0, "too_long": 0}
         self._no_codes = torch.zeros(builder.cfg.image_tokens, dtype=torch.long)  # measures text lengths
 
-    def _image(self, record: Record):
-        """The record's image, ready for the tokenizer (or already encoded); raises CorruptImage."""
+    def _reads_pixels(self, task: str) -> bool:
+        """Whether rows of `task` feed the model pixels (a vision encoder's understanding rows) rather than codes."""
+        return task == "und" and self.builder.cfg.und_input == "vision"
+
+    def _image(self, record: Record, task: str):
+        """The record's image, ready for the tokenizer or the vision encoder (or already encoded); raises CorruptImage."""
         if isinstance(record.image, Encoded):
             return record.image
         if record.image is None:
             raise CorruptImage("marked corrupt when pretokenized")
-        return fit_image(record.image, self.tokenizer.cfg.image_size)
+        return fit_image(record.image, und_image_size(self.builder.cfg, self.tokenizer) if self._reads_pixels(task)
+                         else self.tokenizer.cfg.image_size)  # fmt: skip
 
     def _skip(self, reason: str, key: str, detail: str = "") -> None:
         self.skipped[reason] += 1
@@ -97,7 +106,7 @@ class StreamPool(PlannedPool):
             while words and not self._fits(self.builder.generate(" ".join(words)), codes_fed):
                 words = words[:-1]  # a caption longer than the context keeps its beginning
         try:
-            image = self._image(record)
+            image = self._image(record, task)
         except CorruptImage as err:
             self._skip("corrupt", record.key, str(err))
             return None
@@ -125,7 +134,7 @@ class StreamPool(PlannedPool):
         return rows
 
     def build(self, rows: list[StreamRow]) -> list[Example]:
-        pixels = [r.image for r in rows if not isinstance(r.image, Encoded)]
+        pixels = [r.image for r in rows if not isinstance(r.image, Encoded) and not self._reads_pixels(r.task)]
         encoded = iter(())
         if pixels:  # one tokenizer call for all the rows' images
             with torch.no_grad():
@@ -133,7 +142,12 @@ class StreamPool(PlannedPool):
                 encoded = iter(zip(self.tokenizer.encode(images), self.tokenizer.encode_latents(images)))
         examples = []
         for row in rows:
-            image = row.image if isinstance(row.image, Encoded) else Encoded(*next(encoded))
+            if isinstance(row.image, Encoded):
+                image = row.image
+            elif self._reads_pixels(row.task):  # the model's vision encoder reads them (und_images.py)
+                image = Encoded(self._no_codes[:0], images_to_tensor(row.image[None])[0])
+            else:
+                image = Encoded(*next(encoded))
             if row.task == "gen":
                 examples.append(self.builder.generate(row.caption, image.codes))
             else:

@@ -16,6 +16,7 @@ from unifork.data.config import DataConfig
 from unifork.sequences import Example, SequenceBuilder
 from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.image import images_to_tensor
+from unifork.und_images import und_inputs
 from unifork.world import World
 
 
@@ -39,14 +40,17 @@ class WorldPool(PlannedPool):
         samples = [world.sample(i) for i in range(data.pool_size)]
         self.captions = [[c for _, c in s.captions] for s in samples]
         self.qa = [[(q, a) for _, q, a in s.qa] for s in samples]
-        images = images_to_tensor(np.stack([s.image for s in samples]))
+        images = np.stack([s.image for s in samples])
         codes, latents = [], []
         with torch.no_grad():
-            for chunk in images.split(encode_batch):
+            for chunk in images_to_tensor(images).split(encode_batch):
                 codes.append(image_tokenizer.encode(chunk))
-                latents.append(image_tokenizer.encode_latents(chunk))
+                if builder.cfg.und_input == "latents":
+                    latents.append(image_tokenizer.encode_latents(chunk))
         self.codes = torch.cat(codes)  # (N, L)
-        self.latents = torch.cat(latents)  # (N, L, latent_dim)
+        self.latents = torch.cat(latents) if latents else None  # (N, L, latent_dim)
+        self.tokenizer = image_tokenizer
+        self.images = images if builder.cfg.und_input == "vision" else None  # a vision encoder's rows read pixels
 
     def plan(self, stage: StageShape, stage_index: int, step: int) -> list[RowPlan]:
         """The rows of the global batch of `step` in `stage`: the same on every run, resume and world size."""
@@ -68,7 +72,11 @@ class WorldPool(PlannedPool):
         return [self._example(row) for row in rows]
 
     def _example(self, row: RowPlan) -> Example:
-        codes, latents = self.codes[row.sample], self.latents[row.sample]
+        codes, latents = self.codes[row.sample], None
+        if row.task == "und" and self.latents is not None:
+            latents = self.latents[row.sample]
+        elif row.task == "und" and self.images is not None:
+            latents = und_inputs(self.builder.cfg, self.tokenizer, [self.images[row.sample]])[1][0]
         if row.task == "gen":
             return self.builder.generate(row.caption, codes)
         turns = list(row.turns)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
 import torch
 
 from unifork.eval.caption_match import caption_match
 from unifork.eval.stats import rates, wilson_interval
-from unifork.images import fit_image
 from unifork.inference.sampler import answer_questions
-from unifork.tokenizers.image import images_to_tensor
+from unifork.und_images import und_inputs
 from unifork.world import World
 
 
@@ -24,17 +22,13 @@ def evaluate_vqa(pipeline, split: str = "test", n_scenes: int = 200, seed: int =
     "overall", describe (caption exact / partial match, see caption_match.py) and `keep_examples` examples.
     """
     world = World(seed=seed, split=split)
-    # The tokenizer's resolution may differ from the world's canvas (small test checkpoints): fit as `ask` does.
-    size = pipeline.image_tokenizer.cfg.image_size
     items = []  # (scene index, qtype, question, answer)
     images = []
     for i in range(n_scenes):
         sample = world.sample(i)
         images.append(sample.image)
         items.extend((i, qtype, q, a) for qtype, q, a in sample.qa)
-    pixels = images_to_tensor(np.stack([fit_image(image, size) for image in images])).to(pipeline.device)
-    codes = pipeline.image_tokenizer.encode(pixels)
-    latents = pipeline.image_tokenizer.encode_latents(pixels)
+    codes, latents = und_inputs(pipeline.model.cfg, pipeline.image_tokenizer, images, pipeline.device)
     correct, total = defaultdict(int), defaultdict(int)
     describe = []  # (exact, partial) per describe question
     examples = []

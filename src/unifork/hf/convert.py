@@ -4,6 +4,7 @@
     HF layers [K, L) + norm    -> und branch, with lm_head (or the tied embedding) as its text head
     a copy of [K, L) + norm    -> gen branch, with a new image-code head
     new                        -> image-code embeddings, image-position embeddings, the latent projector
+    a SigLIP / CLIP checkpoint -> trunk.vision, the understanding input (with `vision_encoder_dir`; hf/vision.py)
 
 The reference code initialises the generation branch by copying the original deep layers, as here.
 """
@@ -19,9 +20,11 @@ from tokenizers import Tokenizer
 from unifork.checkpoint import save_pretrained
 from unifork.errors import UserError, param
 from unifork.hf.architectures import read_backbone
+from unifork.hf.vision import read_vision_encoder
 from unifork.hf.weights import VOCAB_TENSORS, read_hf_weights, take_und_path
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import UniFork
+from unifork.model.vision import DEFAULT_FEATURE_LAYER, feature_width
 from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.image import ImageTokenizer
 from unifork.tokenizers.loading import load_image_tokenizer
@@ -34,7 +37,7 @@ UNTRAINED_IMAGE_TOKENIZER = (
 
 
 def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_tokenizer_dir: str | Path | None = None,
-            seed: int = 0) -> dict:  # fmt: skip
+            seed: int = 0, vision_encoder_dir: str | Path | None = None, vision_layer: int = DEFAULT_FEATURE_LAYER) -> dict:  # fmt: skip
     """Write a unifork checkpoint directory (save_pretrained) at `out`; returns a summary of what was built."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -50,13 +53,15 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
     new_ids = range(pretrained_ids, text.vocab_size)
     image = load_image_tokenizer(image_tokenizer_dir) if image_tokenizer_dir is not None else _fresh_image_tokenizer(seed)
     icfg = image.cfg
+    spec, vision_state = read_vision_encoder(vision_encoder_dir, vision_layer) if vision_encoder_dir is not None else ({}, {})
     cfg = ModelConfig(
         **backbone.shape,
         fork_layer=fork_layer,
         text_vocab_size=max(backbone.vocab_size, text.vocab_size),
         image_vocab_size=icfg.num_codes,
         image_tokens=icfg.grid**2,
-        image_latent_dim=icfg.latent_dim,
+        image_latent_dim=feature_width(spec) if spec else icfg.latent_dim,
+        **({"und_input": "vision", "vision": spec} if spec else {}),
     )
     pretrained = take_und_path(read_hf_weights(model_dir), cfg, model_dir)
     torch.manual_seed(seed)
@@ -68,6 +73,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
             if key in pretrained:
                 pretrained[key] = grow_vocab(pretrained[key], cfg.text_vocab_size, known_ids, new_ids)
         state.update(pretrained)
+        state.update(vision_state)
         state.update(fork_copy(state))
         if cfg.tie_word_embeddings:
             state["und.head.weight"] = state["trunk.text_embed.weight"]
@@ -83,6 +89,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
         "added_tokens": text.vocab_size - pretrained_ids,
         "mean_init_rows": len(set(new_ids) | set(range(backbone.vocab_size, cfg.text_vocab_size))),
         "parameters": model.param_counts(),
+        "und_input": cfg.und_input,
     }
 
 

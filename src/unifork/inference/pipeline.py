@@ -8,20 +8,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from unifork.checkpoint import check_compatible, load_pretrained
 from unifork.errors import UserError, param
-from unifork.images import fit_image
 from unifork.inference.sampler import answer_questions, check_images, require_branch, sample_image_codes
 from unifork.inference.settings import DEFAULT_ANSWER_TOKENS, DEFAULT_IMAGES, DEFAULTS, SamplingSettings
 from unifork.model.unifork import UniFork
 from unifork.sequences import SequenceBuilder
 from unifork.tokenizers.codec import ImageCodec
-from unifork.tokenizers.image import images_to_tensor, tensor_to_images
+from unifork.tokenizers.image import tensor_to_images
 from unifork.tokenizers.text import TextTokenizer
+from unifork.und_images import und_inputs
 
 
 class Pipeline:
@@ -68,12 +67,8 @@ class Pipeline:
         if not all(isinstance(q, str) and q.strip() for q in questions):
             raise UserError("a question is empty; ask e.g. 'what color is the circle?'")
         require_branch(self.model, "und")
-        size = self.image_tokenizer.cfg.image_size
-        pixels = np.stack([fit_image(img, size) for img in images])  # (N, H, W, 3) uint8
-        x = images_to_tensor(pixels).to(self.device)
         with torch.inference_mode():
-            codes = self.image_tokenizer.encode(x)
-            latents = self.image_tokenizer.encode_latents(x) if self.model.cfg.und_input == "latents" else None
+            codes, latents = und_inputs(self.model.cfg, self.image_tokenizer, images, self.device)
         return answer_questions(self.model, self.builder, codes, latents, questions, max_new_tokens)
 
 

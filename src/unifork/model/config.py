@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from unifork.atomic import atomic_write_text
 from unifork.config_fields import checked_fields
 from unifork.errors import UserError
 
-UND_INPUTS = ("latents", "codes")
+UND_INPUTS = ("latents", "codes", "vision")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,10 @@ class ModelConfig:
     norm_eps: float = 1e-6
     attention_bias: bool = True  # biases on q/k/v (Qwen2, the paper's backbone); False for Llama checkpoints
     tie_word_embeddings: bool = False  # the text head reuses the text embedding matrix (Qwen2.5-0.5B does)
-    und_input: str = "latents"  # "latents": tokenizer latents through an MLP projector (LLaVA-style); "codes": code embeddings
+    # "latents": tokenizer latents through an MLP projector (LLaVA-style); "codes": code embeddings; "vision": the
+    # patch features of a pretrained vision encoder (model/vision.py) through the projector
+    und_input: str = "latents"
+    vision: dict = field(default_factory=dict)  # und_input "vision": the encoder's spec (hf/vision.py writes it)
 
     def __post_init__(self):
         for f in fields(self):  # every size at least 1 (fork_layer is checked below), every float finite and > 0
@@ -46,6 +49,7 @@ class ModelConfig:
             (self.n_heads % self.n_kv_heads == 0, f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"),
             ((self.d_model // self.n_heads) % 2 == 0, "the head dimension d_model / n_heads must be even for RoPE"),
             (self.und_input in UND_INPUTS, f"und_input must be one of {', '.join(UND_INPUTS)}, got '{self.und_input}'"),
+            ((self.und_input == "vision") == bool(self.vision), "und_input 'vision' and a vision encoder spec go together"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -54,6 +58,15 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def und_image_tokens(self) -> int:
+        """Image positions of an understanding sequence: the codes' grid, or the vision encoder's patches."""
+        if self.und_input == "vision":
+            from unifork.model.vision import patch_tokens
+
+            return patch_tokens(self.vision)
+        return self.image_tokens
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "model config") -> "ModelConfig":

@@ -23,6 +23,7 @@ from torch import nn
 from unifork.errors import UserError
 from unifork.model.blocks import Block, LayerCache, RMSNorm, Rotary
 from unifork.model.config import ModelConfig
+from unifork.model.vision import VisionEncoder
 
 # What fills a sequence position: a text token, an image code, or a slot for one projected image latent.
 TEXT, CODE, LATENT = 0, 1, 2
@@ -39,7 +40,9 @@ class Batch:
     kinds: torch.Tensor  # (B, T) long: TEXT / CODE / LATENT
     valid: torch.Tensor  # (B, T) bool: False at padding
     task: torch.Tensor  # (B,) long: TASK_ID
-    latents: torch.Tensor | None = None  # (N, L, latent_dim) for the N rows holding LATENT slots, in row order
+    # The N rows holding LATENT slots, in row order: tokenizer latents (N, L, latent_dim), or for und_input "vision"
+    # the pixels (N, 3, H, W) in [-1, 1] that the trunk's vision encoder turns into them.
+    latents: torch.Tensor | None = None
     targets: torch.Tensor | None = None  # (B, T) long: the next token where a loss applies, IGNORE elsewhere
     image_index: torch.Tensor | None = None  # (B, T) long: grid cell of each image position; None: count from 0
 
@@ -87,9 +90,10 @@ class Trunk(nn.Module):
         self.projector = nn.Sequential(
             nn.Linear(cfg.image_latent_dim, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model)
         )
+        self.vision = VisionEncoder(cfg.vision) if cfg.und_input == "vision" else None
         # Learned embedding of each image position's grid cell: 1-D RoPE alone leaves the 2-D layout for the model
         # to infer (above = 8 positions back), and measured VQA on relations stayed at chance without it.
-        self.image_pos = nn.Embedding(cfg.image_tokens, cfg.d_model)
+        self.image_pos = nn.Embedding(max(cfg.image_tokens, cfg.und_image_tokens), cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.fork_layer))
 
     def embed(self, batch: Batch) -> torch.Tensor:
@@ -100,7 +104,8 @@ class Trunk(nn.Module):
         x[text] = self.text_embed(batch.tokens[text])
         x[code] = self.image_embed(batch.tokens[code])
         if batch.latents is not None and batch.latents.numel():
-            x[latent] = self.projector(batch.latents).flatten(0, 1)
+            features = batch.latents if self.vision is None else self.vision(batch.latents)
+            x[latent] = self.projector(features).flatten(0, 1)
         cells = batch.grid_cells().clamp_max(self.image_pos.num_embeddings - 1)
         return x + self.image_pos(cells) * (code | latent).unsqueeze(-1)
 

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from einops import rearrange
 from safetensors.torch import load_file
@@ -203,7 +204,7 @@ class ImageTokenizer(ImageCodec):
 
 def images_to_tensor(images) -> torch.Tensor:
     """uint8 (B, H, W, 3) array/tensor -> float (B, 3, H, W) in [-1, 1]."""
-    x = torch.as_tensor(images)
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))  # a copy: PIL's are read-only
     return rearrange(x, "b h w c -> b c h w").float().div(127.5).sub(1.0)
 
 

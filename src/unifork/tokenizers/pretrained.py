@@ -14,7 +14,6 @@ saved by its library in model/. The network is frozen: the tokenizer is never tr
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from einops import rearrange
 from unifork.atomic import atomic_write_text
 from unifork.config_fields import checked_fields
 from unifork.errors import UserError
+from unifork.quiet import quiet_transformers
 from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.image import CONFIG_FILE
 
@@ -98,22 +98,8 @@ class _DiffusersVQ:
 KINDS = {"janus_vqvae": _Janus, "emu3_vqvae": _Emu3, "diffusers_vqmodel": _DiffusersVQ}
 
 
-@contextmanager
-def quiet_library():
-    """transformers draws a progress bar for every small load and save; ours are the progress a user follows."""
-    from transformers.utils import logging
-
-    was_enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            logging.enable_progress_bar()
-
-
 def load_network(kind: str, directory: Path) -> torch.nn.Module:
-    with quiet_library():
+    with quiet_transformers():
         return library_class(kind).from_pretrained(str(directory), **KINDS[kind].load_options).float()
 
 
@@ -173,7 +159,7 @@ class PretrainedImageTokenizer(ImageCodec):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with quiet_library():
+        with quiet_transformers():
             self.network.save_pretrained(str(directory / MODEL_DIR))
         atomic_write_text(directory / CONFIG_FILE, self.cfg.to_json())  # last: the directory is whole once it exists
 

@@ -24,7 +24,7 @@ def reconstruct_image(tokenizer_dir: str | Path, image_path: str | Path, out: st
     """Encode `image_path` to codes, decode them to `out` (PNG); returns the codes and the PSNR in dB."""
     tokenizer = load_image_tokenizer(tokenizer_dir)
     image = fit_image(image_path, tokenizer.cfg.image_size)  # prepared as training data is
-    codes = tokenizer.encode(images_to_tensor(image[None].copy()))  # PIL hands back a read-only array
+    codes = tokenizer.encode(images_to_tensor(image[None]))
     recon = tensor_to_images(tokenizer.decode(codes))[0]
     Image.fromarray(recon).save(out)
     mse = np.mean((recon.astype(np.float64) - image.astype(np.float64)) ** 2)

@@ -27,15 +27,23 @@ def parameter_names(model: UniFork) -> dict[torch.nn.Parameter, list[str]]:
     return names
 
 
+VISION_PARAMS = "trunk.vision"
+
+
 def set_trainable(model: UniFork, patterns: tuple[str, ...]) -> list[torch.nn.Parameter]:
     """Train the parameters that any name of matches a pattern, freeze the rest.
 
-    So `und.*` trains a tied head, as it trains an untied one; being the text embedding too, it then moves the
+    The vision encoder (trunk.vision.*) trains only under a pattern that starts with its name, e.g. trunk.vision.*
+    or trunk.vision.net.encoder.layers.11.*: a pretrained encoder is frozen by default, as in LLaVA.
+    `und.*` trains a tied head, as it trains an untied one; being the text embedding too, it then moves the
     trunk's input embedding. To keep a tied head frozen, name the branch's parts instead: und.layers.*, und.norm.*.
     """
     trainable = []
+    naming_vision = [pat for pat in patterns if pat.startswith(VISION_PARAMS)]
     for p, names in parameter_names(model).items():
-        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for name in names for pat in patterns))
+        # a pretrained vision encoder stays frozen unless a pattern names it: "*" alone does not
+        among = naming_vision if names[0].startswith(VISION_PARAMS) else patterns
+        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for name in names for pat in among))
         if p.requires_grad:
             trainable.append(p)
     if not trainable:

@@ -20,10 +20,12 @@ from unifork.data.spec import check_source, parse_source
 from unifork.errors import UserError
 from unifork.model.config import ModelConfig, named_config
 
-PARAM_GROUPS_HELP = "trunk.*, trunk.projector.*, trunk.layers.*, und.*, gen.*, * (fnmatch patterns over parameter names)"
+PARAM_GROUPS_HELP = ("trunk.*, trunk.projector.*, trunk.layers.*, und.*, gen.*, * (fnmatch patterns over parameter "
+                     "names; a vision encoder trains only when named: trunk.vision.*)")  # fmt: skip
 OPTIMIZERS = ("adamw", "muon")
-# Filled in from the tokenizers, not the [model] table (trainer._model_config), so a size preset says nothing of them.
-TOKENIZER_FIELDS = ("text_vocab_size", "image_vocab_size", "image_tokens", "image_latent_dim")
+# Filled in from the tokenizers (and a vision encoder), not the [model] table (trainer._model_config), so a size
+# preset says nothing of them.
+DICTATED_FIELDS = ("text_vocab_size", "image_vocab_size", "image_tokens", "image_latent_dim", "und_input", "vision")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Recipe:
     init_checkpoint: str = ""  # a checkpoint directory to start from (weights, config, tokenizers); empty: fresh
     model_keys: dict = field(default_factory=dict)  # what [model] stated (a `size` as its keys), checked against it
     tokenizer: TokenizerTable = TokenizerTable()
+    vision_encoder: str = ""  # a SigLIP / CLIP checkpoint whose features are the understanding input (hf/vision.py)
+    vision_layer: int = -2  # its hidden layer read (LLaVA's: the second-to-last)
 
 
 def _stage(table: dict, index: int, source: str) -> StageConfig:
@@ -110,7 +114,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"invalid TOML in {path}: {err}") from None
     allowed = {"model": dict, "data": dict, "stages": list, "tokenizer_dir": str, "seed": int, "init_checkpoint": str,
-               "tokenizer": dict}  # fmt: skip
+               "tokenizer": dict, "vision_encoder": str, "vision_layer": int}  # fmt: skip
     for key, value in raw.items():
         if key not in allowed:
             raise UserError(f"unknown key '{key}' in {path}; known keys: {', '.join(sorted(allowed))}")
@@ -121,11 +125,15 @@ def load_recipe(path: str | Path) -> Recipe:
     size = model_table.pop("size", None)
     model = named_config(size or "tiny")
     model = ModelConfig.from_dict({**model.__dict__, **model_table}, source=f"[model] of {path}")
-    stated = {k: v for k, v in named_config(size).__dict__.items() if k not in TOKENIZER_FIELDS} if size else {}
+    stated = {k: v for k, v in named_config(size).__dict__.items() if k not in DICTATED_FIELDS} if size else {}
     stated.update(model_table)
     init_checkpoint = raw.get("init_checkpoint", "")
     if init_checkpoint and raw.get("tokenizer_dir"):
         raise UserError(f"{path} sets both init_checkpoint and tokenizer_dir; the checkpoint brings its tokenizers, drop tokenizer_dir")
+    if init_checkpoint and raw.get("vision_encoder"):
+        raise UserError(f"{path} sets both init_checkpoint and vision_encoder; the checkpoint brings its own, drop vision_encoder")
+    if raw.get("vision_encoder") and not Path(raw["vision_encoder"]).is_dir():
+        raise UserError(f"vision_encoder of {path}: no such directory {raw['vision_encoder']}; give a local SigLIP or CLIP checkpoint")
     if raw.get("tokenizer") and (raw.get("tokenizer_dir") or init_checkpoint):
         given = "tokenizer_dir" if raw.get("tokenizer_dir") else "init_checkpoint"
         raise UserError(f"{path} sets both {given} and a [tokenizer] table, which says how to train new tokenizers; drop one")
@@ -141,7 +149,8 @@ def load_recipe(path: str | Path) -> Recipe:
     if len({s.name for s in stages}) != len(stages):
         raise UserError(f"stage names in {path} must be unique")
     return Recipe(model=model, data=data, stages=stages, tokenizer_dir=raw.get("tokenizer_dir", ""), seed=raw.get("seed", 0),
-                  init_checkpoint=init_checkpoint, model_keys=stated, tokenizer=tokenizer)  # fmt: skip
+                  init_checkpoint=init_checkpoint, model_keys=stated, tokenizer=tokenizer,
+                  vision_encoder=raw.get("vision_encoder", ""), vision_layer=raw.get("vision_layer", -2))  # fmt: skip
 
 
 def _tokenizer_table(table: dict, path: Path) -> TokenizerTable:
@@ -168,6 +177,7 @@ def resolved_recipe(recipe: Recipe, model: ModelConfig) -> str:
 
     data = replace(recipe.data, source=absolute_source(recipe.data.source))
     table = {"seed": recipe.seed, "tokenizer_dir": absolute(recipe.tokenizer_dir),
+             "vision_encoder": absolute(recipe.vision_encoder), "vision_layer": recipe.vision_layer,
              "init_checkpoint": absolute(recipe.init_checkpoint), "model": asdict(model), "data": asdict(data),
              "stages": [asdict(stage) | {"train": list(stage.train)} for stage in recipe.stages]}  # fmt: skip
     if not (recipe.tokenizer_dir or recipe.init_checkpoint):  # else the tokenizers come from there, not a table

@@ -84,14 +84,15 @@ class SourceImages:
             print(f"warning: skipped corrupt image {record.key}: {err}{more}", file=sys.stderr)
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, None]:
-        pixels, first_epoch = [], self.stream.epoch
-        while len(pixels) < batch_size:
-            if self.stream.epoch > first_epoch + 1:
+        pixels, last_good_epoch = [], self.stream.epoch
+        while len(pixels) < batch_size:  # a small source may go round several times for one batch
+            if self.stream.epoch > last_good_epoch + 1:
                 raise UserError(f"data source '{self.source.spec}' has no readable image: a whole epoch went by "
                                 f"with {self.skipped} corrupt images skipped and none usable")  # fmt: skip
             record = self.stream.next()
             try:
                 pixels.append(fit_image(record.image, self.image_size))
+                last_good_epoch = self.stream.epoch
             except CorruptImage as err:
                 self._skip(record, err)
         return images_to_tensor(np.stack(pixels)), None

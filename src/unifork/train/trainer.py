@@ -31,8 +31,10 @@ from unifork.checkpoint import (
 )
 from unifork.data.pool import make_pool
 from unifork.errors import UserError, param
+from unifork.hf.vision import read_vision_encoder
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import UniFork
+from unifork.model.vision import feature_width
 from unifork.sequences import SequenceBuilder
 from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.loading import image_tokenizer_kind, load_image_tokenizer
@@ -130,7 +132,10 @@ def _initial_model(recipe: Recipe, cfg: ModelConfig, ranks: Ranks) -> UniFork:
     torch.manual_seed(recipe.seed)  # right before init: the initial weights depend on the seed alone
     if recipe.init_checkpoint:
         return load_model(recipe.init_checkpoint, device=ranks.device)
-    return UniFork(cfg).to(ranks.device)
+    model = UniFork(cfg)
+    if recipe.vision_encoder:  # the pretrained encoder's weights over the fresh init
+        model.load_state_dict(read_vision_encoder(recipe.vision_encoder, recipe.vision_layer)[1], strict=False)
+    return model.to(ranks.device)
 
 
 def _tokenizers_and_config(recipe: Recipe, out: Path, progress: bool) -> tuple[TextTokenizer, ImageCodec, ModelConfig]:
@@ -181,8 +186,12 @@ def _model_config(recipe: Recipe, text: TextTokenizer, image: ImageCodec) -> Mod
     one of them (as a resolved recipe.toml does) must agree, or this is not the tokenizer it was trained with."""
     dictated = {"text_vocab_size": text.vocab_size, "image_vocab_size": image.cfg.num_codes,
                 "image_tokens": image.cfg.grid**2, "image_latent_dim": image.cfg.latent_dim}  # fmt: skip
+    if recipe.vision_encoder:  # its features, not the tokenizer's latents, are the understanding input
+        spec = read_vision_encoder(recipe.vision_encoder, recipe.vision_layer)[0]
+        dictated |= {"image_latent_dim": feature_width(spec), "und_input": "vision", "vision": spec}
     for key, value in dictated.items():
         if key in recipe.model_keys and recipe.model_keys[key] != value:
-            raise UserError(f"[model] {key} = {recipe.model_keys[key]} disagrees with the tokenizer, which gives {value}: "
-                            "this recipe was trained with another tokenizer; point tokenizer_dir at it")  # fmt: skip
+            what = "the vision encoder" if key in ("und_input", "vision") and recipe.vision_encoder else "the tokenizer"
+            raise UserError(f"[model] {key} = {recipe.model_keys[key]} disagrees with {what}, which gives {value}: "
+                            f"this recipe was trained with another one; point it at the one it was trained with")  # fmt: skip
     return replace(recipe.model, **dictated)
