@@ -284,3 +284,27 @@ def test_from_hf_refuses_to_overwrite_a_tokenizer(imported, capsys):
     _, checkpoint, directory = imported["janus"]
     assert main(["tokenizer", "from-hf", "--model", str(checkpoint), "--out", str(directory)]) == 2
     assert "already holds a tokenizer" in capsys.readouterr().err
+
+
+def test_a_recipe_refuses_a_tokenizer_of_another_image_size_before_training(imported, tmp_path):
+    from unifork.errors import UserError
+    from unifork.train.trainer import train
+
+    _, _, directory = imported["janus"]
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "0.png")
+    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "0.png", "caption": "black"}) + "\n")
+    (tmp_path / "recipe.toml").write_text(f"""
+[model]
+size = "debug"
+[data]
+source = "folder:{tmp_path}/data.jsonl"
+[tokenizer]
+image_tokenizer = "{directory}"
+image_size = 32
+[[stages]]
+name = "joint"
+steps = 1
+""")
+    with pytest.raises(UserError, match=f"encodes {SIZE} px images, but \\[tokenizer\\] image_size is 32"):
+        train(tmp_path / "recipe.toml", tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "tokenizer").exists()

@@ -13,7 +13,6 @@ import torch
 from unifork.checkpoint import load_pretrained
 from unifork.cli import main
 from unifork.errors import UserError
-from unifork.hf import fork_hf
 from unifork.hf.vision import read_vision_encoder
 from unifork.inference import Pipeline
 from unifork.model import UniFork, named_config
@@ -82,7 +81,7 @@ def vision_model(tmp_path_factory):
     cfg = named_config("debug", text_vocab_size=text.vocab_size, image_vocab_size=image.cfg.num_codes,
                        image_tokens=image.cfg.grid**2, image_latent_dim=WIDTH, und_input="vision", vision=spec)  # fmt: skip
     model = UniFork(cfg)
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(model.state_dict() | state, strict=True)
     return model, text, image, directory
 
 

@@ -38,11 +38,15 @@ def scan_to_image(scan: np.ndarray, image_size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(paper).resize((image_size, image_size), Image.BICUBIC).convert("RGB"))
 
 
+def is_this(word: str) -> str:
+    return f"is this {'an' if word == 'eight' else 'a'} {word}?"
+
+
 def digit_record(digit: int, name: str, rng: np.random.Generator) -> dict:
     """Captions and questions for one scan: which digit it is, and two yes/no questions, one about its own digit
     (yes) and one about another digit drawn at random (no), so answering them takes the image and the question."""
     word, other = DIGIT_WORDS[digit], DIGIT_WORDS[int(rng.choice([d for d in range(10) if d != digit]))]
-    qa = [[WHICH_QUESTION, word], [f"is this a {word}?", "yes"], [f"is this a {other}?", "no"]]
+    qa = [[WHICH_QUESTION, word], [is_this(word), "yes"], [is_this(other), "no"]]
     return {"image": name, "digit": digit, "captions": [f"a handwritten {word}"], "qa": qa}
 
 

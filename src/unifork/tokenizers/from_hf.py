@@ -108,11 +108,12 @@ def _load_vq_weights(network: torch.nn.Module, model_dir: Path) -> None:
             raise UserError(f"corrupt weights {file}: {err}") from None
     if prefix is None:
         raise UserError(f"the weights in {model_dir} hold no image tokenizer (no tensor named *{CODEBOOK_SUFFIX})")
-    result = network.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        which = (result.missing_keys or result.unexpected_keys)[0]
-        raise UserError(f"the VQ weights under '{prefix}' in {model_dir} do not fit its config: "
-                        f"{'missing' if result.missing_keys else 'unexpected'} tensor {which}")  # fmt: skip
+    expected = set(network.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        which = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
+        raise UserError(f"the VQ weights under '{prefix}' in {model_dir} do not fit its config: {which}")
+    network.load_state_dict(state, strict=True)
 
 
 def _config(kind: str, network, config: dict, model_dir: Path, image_size: int | None) -> PretrainedTokenizerConfig:

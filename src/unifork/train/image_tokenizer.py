@@ -113,7 +113,7 @@ def train_image_tokenizer(out: str | Path, steps: int | None = None, seed: int =
     train_text_tokenizer(out, data.source, recipe.text_samples, seed)
     fit = _Fit(recipe, data, seed, progress)
     if resume and state_path.is_file():
-        fit.load_state_dict(torch.load(state_path, weights_only=True), data)
+        fit.load_state_dict(torch.load(state_path, weights_only=True))
     if not fit.run(state_path, max_steps):
         return None
     fit.model.save(out)
@@ -207,7 +207,7 @@ class _Fit:
                 "semantic": self.semantic.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "images": self.images.state_dict(), "rng": capture_rng(torch.device("cpu"))}  # fmt: skip
 
-    def load_state_dict(self, state: dict, data: TokenizerData) -> None:
+    def load_state_dict(self, state: dict) -> None:
         changed = [k for k, v in self.identity.items() if state["identity"].get(k) != v]
         if changed:
             raise UserError(f"the interrupted tokenizer training was started with another {changed[0]} "

@@ -134,7 +134,8 @@ def _initial_model(recipe: Recipe, cfg: ModelConfig, ranks: Ranks) -> UniFork:
         return load_model(recipe.init_checkpoint, device=ranks.device)
     model = UniFork(cfg)
     if recipe.vision_encoder:  # the pretrained encoder's weights over the fresh init
-        model.load_state_dict(read_vision_encoder(recipe.vision_encoder, recipe.vision_layer)[1], strict=False)
+        state = model.state_dict() | read_vision_encoder(recipe.vision_encoder, recipe.vision_layer)[1]
+        model.load_state_dict(state, strict=True)
     return model.to(ranks.device)
 
 
@@ -165,19 +166,24 @@ def _prepare_tokenizers(recipe: Recipe, out: Path, progress: bool) -> tuple[Text
                             "tokenizer alone (e.g. from `tokenizer from-hf`) set [tokenizer] image_tokenizer instead")  # fmt: skip
         return TextTokenizer.load(tok_dir), load_image_tokenizer(tok_dir)
     table, tok_dir = recipe.tokenizer, out / "tokenizer"
-    if not (tok_dir / TEXT_TOKENIZER_FILE).is_file() or (not table.image_tokenizer and image_tokenizer_kind(tok_dir) is None):
-        print(f"training the text{'' if table.image_tokenizer else ' and image'} tokenizers into {tok_dir} on {recipe.data.source}")
-        if table.image_tokenizer:
+    image = load_image_tokenizer(table.image_tokenizer) if table.image_tokenizer else None
+    if image is not None and table.image_size and image.cfg.image_size != table.image_size:  # before anything trains
+        raise UserError(f"the image tokenizer in {table.image_tokenizer} encodes {image.cfg.image_size} px images, but "
+                        f"[tokenizer] image_size is {table.image_size}; make them agree (or drop image_size)")  # fmt: skip
+    if not (tok_dir / TEXT_TOKENIZER_FILE).is_file() or (image is None and image_tokenizer_kind(tok_dir) is None):
+        print(f"training the text{'' if image is not None else ' and image'} tokenizers into {tok_dir} on {recipe.data.source}")
+        if image is not None:
             tok_dir.mkdir(parents=True, exist_ok=True)
             train_text_tokenizer(tok_dir, recipe.data.source, seed=recipe.seed)
         else:
             data = TokenizerData(recipe.data.source, table.eval_source, table.image_size or None, table.downsample or None)
             train_image_tokenizer(tok_dir, steps=table.steps or None, seed=recipe.seed, size=table.size, data=data,
                                   batch_size=table.batch_size or None, progress=progress)  # fmt: skip
-    image = load_image_tokenizer(table.image_tokenizer or tok_dir)
-    if table.image_size and image.cfg.image_size != table.image_size:
-        raise UserError(f"the image tokenizer in {table.image_tokenizer or tok_dir} encodes {image.cfg.image_size} px "
-                        f"images, but [tokenizer] image_size is {table.image_size}; make them agree")  # fmt: skip
+    if image is None:
+        image = load_image_tokenizer(tok_dir)
+        if table.image_size and image.cfg.image_size != table.image_size:
+            raise UserError(f"{tok_dir} holds an image tokenizer for {image.cfg.image_size} px images, but [tokenizer] "
+                            f"image_size is {table.image_size}; delete {tok_dir} to train a new one")  # fmt: skip
     return TextTokenizer.load(tok_dir), image
 
 
