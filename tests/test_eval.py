@@ -260,3 +260,25 @@ def test_eval_cli_bad_input_is_one_line_error_before_any_work(ckpt, tmp_path, mo
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "eval.json").exists()
     assert [d for d, _ in loaded] == ([str(tmp_path / "MISSING")] if "--ckpt" in change else [])  # checked first
+
+
+class _Through:
+    """A stand-in image tokenizer whose round trip returns the image (exact) or a blank page (nothing)."""
+
+    def __init__(self, exact: bool):
+        self.exact, self.cfg = exact, type("cfg", (), {"image_size": 64})()
+
+    def encode(self, images):
+        return images
+
+    def decode(self, codes):
+        return codes if self.exact else torch.ones_like(codes)
+
+
+def test_the_tokenizer_ceiling_is_the_exact_rule_on_round_tripped_true_scenes():
+    from unifork.eval.geneval import tokenizer_ceiling
+
+    perfect = tokenizer_ceiling(_Through(exact=True), prompts_per_category=3, images_per_prompt=2)
+    assert all(v == 1.0 for v in perfect["accuracy"].values())  # true renderings pass by construction
+    blank = tokenizer_ceiling(_Through(exact=False), prompts_per_category=3, images_per_prompt=2)
+    assert all(v == 0.0 for v in blank["accuracy"].values()) and blank["counts"]["overall"]["total"] == 36

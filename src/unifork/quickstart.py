@@ -20,7 +20,7 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     """Train and evaluate; returns report.json's content. `eval_scale` shrinks the evaluation (tests use it)."""
     from unifork.analysis.model_alignment import model_alignment
     from unifork.analysis.plot import plot_alignment
-    from unifork.eval.geneval import evaluate_generation
+    from unifork.eval.geneval import evaluate_generation, tokenizer_ceiling
     from unifork.eval.vqa import evaluate_vqa
     from unifork.inference.pipeline import Pipeline
     from unifork.inference.settings import SamplingSettings
@@ -46,9 +46,11 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     vqa = evaluate_vqa(pipeline, split="test", n_scenes=n(150), keep_examples=12)
     vqa_heldout = evaluate_vqa(pipeline, split="heldout", n_scenes=n(100))
     sampling = SamplingSettings()  # the defaults, as `unifork generate` and `unifork eval` use them
-    gen = evaluate_generation(pipeline, prompts_per_category=n(16), images_per_prompt=4, sampling=sampling, keep_images=8)
+    gen = evaluate_generation(pipeline, prompts_per_category=n(16), images_per_prompt=4, sampling=sampling, keep_images=8,
+                              keep_failures=6)  # fmt: skip
     gen_heldout = evaluate_generation(pipeline, prompts_per_category=n(8), images_per_prompt=2, sampling=sampling,
                                       heldout=True, seed=1)  # fmt: skip
+    ceiling = tokenizer_ceiling(pipeline.image_tokenizer, prompts_per_category=n(16))  # what the codes allow
     alignment = model_alignment(pipeline, n=n(256), k=min(10, n(256) - 1))
     plot_alignment(alignment, out / "alignment.png")
 
@@ -64,13 +66,15 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
         "parameters": pipeline.model.param_counts(),
         "vqa": {k: v for k, v in vqa.items() if k != "examples"},
         "vqa_heldout": {k: v for k, v in vqa_heldout.items() if k != "examples"},
-        "gen": {k: v for k, v in gen.items() if k != "samples"} | {"cfg_scale": sampling.cfg_scale},
-        "gen_heldout": {k: v for k, v in gen_heldout.items() if k != "samples"},
+        "gen": {k: v for k, v in gen.items() if k not in ("samples", "failures")} | {"cfg_scale": sampling.cfg_scale},
+        "gen_heldout": {k: v for k, v in gen_heldout.items() if k not in ("samples", "failures")},
+        "tokenizer_ceiling": ceiling,
         "tokenizer": tokenizer_report,
         "alignment": {key: alignment[key] for key in ("k", "n_samples", "chance", "und", "gen")},
     }
     print("[3/3] writing the report")
-    write_report(out, report, gen["samples"], vqa["examples"], out / "metrics.jsonl", out / "alignment.png")
+    write_report(out, report, gen["samples"], vqa["examples"], out / "metrics.jsonl", out / "alignment.png",
+                 failures=gen["failures"])  # fmt: skip
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(

@@ -53,7 +53,7 @@ def _table(rows: list[tuple[str, object]]) -> str:
 
 
 def write_report(out: Path, report: dict, gen_samples: list[dict], vqa_examples: list[dict], metrics_path: Path,
-                 alignment_png: Path) -> None:  # fmt: skip
+                 alignment_png: Path, failures: list[dict] = ()) -> None:  # fmt: skip
     """Write out/report.json (numbers only) and out/report.html (numbers, samples, curves)."""
     (out / "report.json").write_text(json.dumps(report, indent=2))
     metric_rows = [("wall time (s)", report["wall_seconds"]), ("VQA accuracy (test scenes)", report["vqa"]["accuracy"])]
@@ -65,6 +65,8 @@ def write_report(out: Path, report: dict, gen_samples: list[dict], vqa_examples:
     metric_rows += [(f"generation (GenEval rules) {k}", v) for k, v in report["gen"]["accuracy"].items()]
     metric_rows += [("generation overall (held-out compositions)", report["gen_heldout"]["accuracy"]["overall"])]
     metric_rows += [(f"tokenizer {k}", v) for k, v in report["tokenizer"].items()]
+    if "tokenizer_ceiling" in report:  # the exact rule on true scenes after a round trip through the tokenizer
+        metric_rows += [(f"tokenizer ceiling, exact {k}", v) for k, v in report["tokenizer_ceiling"]["accuracy"].items()]
     metric_rows += [(f"parameters {k}", f"{v:,}") for k, v in report["parameters"].items()]
 
     by_category: dict[str, list[dict]] = {}
@@ -78,6 +80,14 @@ def write_report(out: Path, report: dict, gen_samples: list[dict], vqa_examples:
             for s in samples
         )
         gen_html += f"<h3>{html.escape(category)}</h3><div class='grid'>{figures}</div>"
+    failures_html = ""
+    for category in dict.fromkeys(f["category"] for f in failures):
+        figures = "".join(
+            f'<figure class="bad"><img src="{_png_data_uri(f["image"])}"><figcaption>{html.escape(f["prompt"])}<br>'
+            f'found: {html.escape(f["found"])}</figcaption></figure>'
+            for f in failures if f["category"] == category
+        )
+        failures_html += f"<h3>{html.escape(category)}</h3><div class='grid'>{figures}</div>"
     vqa_html = "".join(
         f'<figure class="{"ok" if e["answer"] == e["truth"] else "bad"}"><img src="{_png_data_uri(e["image"])}">'
         f"<figcaption>Q: {html.escape(e['question'])}<br>A: {html.escape(e['answer'])}<br>"
@@ -96,6 +106,7 @@ else, <i>GenEval rules</i> when the prompt's objects are present (extra objects 
 <h2>Training loss per task</h2><img src="{loss_curves_png(metrics_path)}">
 <h2>Image-text alignment per layer</h2><img src="data:image/png;base64,{base64.b64encode(alignment_png.read_bytes()).decode()}">
 <h2>Generated samples per category</h2>{gen_html}
+<h2>Failures per category: what the detector found instead (exact rule)</h2>{failures_html or "<p>none</p>"}
 <h2>Visual question answering (held-out test scenes)</h2><div class="grid">{vqa_html}</div>
 </body></html>"""
     (out / "report.html").write_text(page)

@@ -14,3 +14,7 @@ class DataConfig:
     # "world" or SCHEME:PATH for data on disk: folder, webdataset, hf, parquet, pretokenized (unifork/data/spec.py)
     source: str = "world"
     shuffle_buffer: int = 1000  # data on disk: records held for shuffling (shard order is shuffled too)
+    # The world's training questions (evaluation always asks every type): pair each relation question with its
+    # opposite twin (world/questions.py), and keep only some types (empty: all; for curricula and probes).
+    relation_pairs: bool = False
+    question_types: tuple = ()

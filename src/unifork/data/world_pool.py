@@ -6,6 +6,7 @@ Batches are a pure function of (seed, stage, step), so resuming needs no data-lo
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,11 +14,13 @@ import torch
 
 from unifork.data.batches import PlannedPool, StageShape, step_generator, task_counts
 from unifork.data.config import DataConfig
+from unifork.errors import UserError
 from unifork.sequences import Example, SequenceBuilder
 from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.image import images_to_tensor
 from unifork.und_images import und_inputs
 from unifork.world import World
+from unifork.world.questions import QUESTION_TYPES, opposite_question
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,13 @@ class WorldPool(PlannedPool):
         world = World(seed=data.seed, split=split)
         samples = [world.sample(i) for i in range(data.pool_size)]
         self.captions = [[c for _, c in s.captions] for s in samples]
-        self.qa = [[(q, a) for _, q, a in s.qa] for s in samples]
+        keep = set(data.question_types or QUESTION_TYPES)
+        self.qa = [[(t, q, a) for t, q, a in s.qa if t in keep] for s in samples]
+        # An understanding row drawn on a sample without kept questions takes the next sample that has some.
+        asked = [i for i, qa in enumerate(self.qa) if qa]
+        if not asked:
+            raise UserError(f"no world sample has questions of the types {list(data.question_types)}")
+        self.und_sample = [asked[bisect.bisect_left(asked, i) % len(asked)] for i in range(len(self.qa))]
         images = np.stack([s.image for s in samples])
         codes, latents = [], []
         with torch.no_grad():
@@ -61,12 +70,22 @@ class WorldPool(PlannedPool):
         rows = []
         for i, (sample, (pick, drop)) in enumerate(zip(samples, picks)):
             if i < n_und:
+                sample = self.und_sample[sample]
                 order = torch.randperm(len(self.qa[sample]), generator=g)[: self.data.und_turns].tolist()
-                rows.append(RowPlan("und", sample, turns=tuple(self.qa[sample][k] for k in order)))
+                rows.append(RowPlan("und", sample, turns=self._turns([self.qa[sample][k] for k in order])))
             else:
                 caption = self.captions[sample][int(pick * len(self.captions[sample]))]
                 rows.append(RowPlan("gen", sample, caption="" if drop < self.data.caption_dropout else caption))
         return rows
+
+    def _turns(self, questions: list[tuple[str, str, str]]) -> tuple:
+        """(question, answer) turns; with relation_pairs each relation question is followed by its twin."""
+        turns = []
+        for qtype, question, answer in questions:
+            turns.append((question, answer))
+            if qtype == "relation" and self.data.relation_pairs:
+                turns.append(opposite_question(question, answer))
+        return tuple(turns)
 
     def build(self, rows: list[RowPlan]) -> list[Example]:
         return [self._example(row) for row in rows]

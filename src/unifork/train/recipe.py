@@ -19,6 +19,7 @@ from unifork.data.config import DataConfig
 from unifork.data.spec import check_source, parse_source
 from unifork.errors import UserError
 from unifork.model.config import ModelConfig, named_config
+from unifork.world.questions import QUESTION_TYPES
 
 PARAM_GROUPS_HELP = ("trunk.*, trunk.projector.*, trunk.layers.*, und.*, gen.*, * (fnmatch patterns over parameter "
                      "names; a vision encoder trains only when named: trunk.vision.*)")  # fmt: skip
@@ -140,6 +141,11 @@ def load_recipe(path: str | Path) -> Recipe:
     tokenizer = _tokenizer_table(raw.get("tokenizer", {}), path)
     data = DataConfig(**checked_fields(raw.get("data", {}), DataConfig, f"[data] of {path}", non_negative=True))
     check_source(data.source)  # a bad scheme or a missing path fails now, not after the tokenizers train
+    unknown = [t for t in data.question_types if t not in QUESTION_TYPES]
+    if unknown or not all(isinstance(t, str) for t in data.question_types):
+        raise UserError(f"[data] question_types of {path} must list types among {', '.join(QUESTION_TYPES)}, got {unknown[0] if unknown else list(data.question_types)!r}")
+    if data.source != "world" and (data.relation_pairs or data.question_types):
+        raise UserError(f"[data] relation_pairs and question_types of {path} shape the world's questions; a data source on disk brings its own")
     for key in ("pool_size", "und_turns", "shuffle_buffer"):
         if getattr(data, key) < 1:
             raise UserError(f"[data] {key} of {path} must be at least 1, got {getattr(data, key)}")

@@ -81,6 +81,22 @@ def _what_left_questions(scene: Scene, referable: list[SceneObject], allow_heldo
     return qa
 
 
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def opposite_question(question: str, answer: str) -> tuple[str, str]:
+    """A relation question's twin: the same two objects, the opposite relation, the opposite answer.
+
+    Both are decidable together (relations.py: outside the dead band one relation or its opposite holds), so a
+    training example that asks both shows the answer turning on the relation named, not on a prior for "no".
+    """
+    for relation, phrase in RELATION_PHRASES.items():
+        if f" {phrase} " in question:
+            twin = question.replace(f" {phrase} ", f" {RELATION_PHRASES[OPPOSITE[relation]]} ", 1)
+            return twin, "no" if answer == "yes" else "yes"
+    raise ValueError(f"not a relation question: {question!r}")
+
+
 def questions_for(scene: Scene, rng: np.random.Generator, allow_heldout: bool = False) -> list[QA]:
     """All questions of every type the scene supports; `rng` picks the zero-count and relation questions.
 
