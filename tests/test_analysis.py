@@ -349,3 +349,19 @@ def test_cli_align_errors_are_one_line(tmp_path, capsys, monkeypatch, extra, mes
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
     assert captured.err.startswith("error: ") and message in captured.err
     assert not (tmp_path / "a.json").exists()
+
+
+def test_answer_probe_reads_a_separable_answer_and_runs_on_a_checkpoint(ckpt, tmp_path, capsys):
+    from unifork.analysis.answer_probe import _fit_probe
+    from unifork.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=g)
+    y = (x[:, 3] > 0).long()  # the answer sits on one axis
+    probe = _fit_probe(x, y, 2, steps=100, weight_decay=1e-4)
+    assert (probe(x).argmax(-1) == y).float().mean() > 0.97
+    assert main(["probe", "--ckpt", str(ckpt), "--out", str(tmp_path / "p.json"), "--n-train", "40", "--n-test", "20"]) == 0
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert len(result["probe_accuracy"]) == result["layers"][-1] + 1 and 0 <= result["model_accuracy"] <= 1
+    assert "probe accuracy per layer" in capsys.readouterr().out
+    assert main(["probe", "--ckpt", str(ckpt), "--out", str(tmp_path / "q.json"), "--qtype", "colour"]) == 2

@@ -152,6 +152,25 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise UserError(f"{flag} takes comma-separated integers, e.g. 0,2,4; got '{text}'") from None
 
 
+def _cmd_probe(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from unifork.analysis.answer_probe import answer_probe
+    from unifork.atomic import atomic_write_text
+    from unifork.inference.pipeline import Pipeline
+    from unifork.world.questions import QUESTION_TYPES
+
+    if args.qtype not in QUESTION_TYPES:
+        raise UserError(f"unknown --qtype '{args.qtype}'; choose one of: {', '.join(QUESTION_TYPES)}")
+    result = answer_probe(Pipeline.from_pretrained(args.ckpt, task="und", device=args.device), args.qtype,
+                          n_train=args.n_train, n_test=args.n_test)  # fmt: skip
+    atomic_write_text(Path(args.out), json.dumps(result, indent=2))
+    layers = ", ".join(f"{layer}: {acc:.2f}" for layer, acc in zip(result["layers"], result["probe_accuracy"]))
+    print(f"{args.qtype}: probe accuracy per layer (fork at {result['fork_layer']}) {layers}; the model answers "
+          f"{result['model_accuracy']:.3f} (majority {result['majority_baseline']:.3f}, {result['n_test']} questions)")
+
+
 def _cmd_align(args: argparse.Namespace) -> None:
     from unifork.analysis.align import align_checkpoint, align_features, align_hf_model
 
@@ -324,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
     bn.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)  # tests: fewer timed rounds
     bn.set_defaults(func=_cmd_bench)
+
+    pr = sub.add_parser("probe", help="per layer, a linear probe's accuracy at reading a question type's answer (und path)")
+    pr.add_argument("--ckpt", required=True, help="checkpoint directory with the und branch")
+    pr.add_argument("--qtype", default="relation", help="question type: color | shape | count | relation | what_left")
+    pr.add_argument("--out", required=True, help="output JSON: probe accuracy per layer, the model's own accuracy")
+    pr.add_argument("--n-train", type=int, default=600, help="train-split scenes whose questions fit the probes")
+    pr.add_argument("--n-test", type=int, default=300, help="test-split scenes whose questions score them")
+    pr.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    pr.set_defaults(func=_cmd_probe)
 
     al = sub.add_parser("align", help="per-layer image-text alignment (mutual k-NN) of a model's hidden states")
     al.add_argument("--ckpt", default=None, help="source 1: a UniFork checkpoint directory, measured on world scenes")
