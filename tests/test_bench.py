@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -44,8 +45,14 @@ def model(builder):
     return model
 
 
+@pytest.mark.parametrize("rope_2d", [False, True])
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
-def test_recompute_decoding_draws_what_the_cached_sampler_draws(model, builder, cfg_scale):
+def test_recompute_decoding_draws_what_the_cached_sampler_draws(model, builder, cfg_scale, rope_2d):
+    if rope_2d:  # the same weights under multimodal RoPE: the cache must track each code's row and column
+        builder = SequenceBuilder(builder.text, replace(builder.cfg, rope_2d=True))
+        twin = type(model)(builder.cfg).eval()
+        twin.load_state_dict(model.state_dict())
+        model = twin
     prompts = ["a red circle", "two large blue squares to the left of a green circle"]
     greedy = SamplingSettings(cfg_scale=cfg_scale, temperature=0)
     cached = sample_image_codes(model, builder, prompts, greedy)

@@ -101,10 +101,10 @@ def cached_logits(model: UniFork, task: str, batch: Batch, prefill: int) -> torc
     """Prefill the first `prefill` columns in one step, then decode the rest one column at a time."""
     b, t = batch.tokens.shape
     cache = model.new_cache(b)
-    positions = batch.positions
-    out = [model.step(task, columns(batch, 0, prefill), batch.valid[:, :prefill], positions[:, :prefill], cache)]
+    positions = model.rope_positions(batch)  # (B, T), or (3, B, T) with rope_2d
+    out = [model.step(task, columns(batch, 0, prefill), batch.valid[:, :prefill], positions[..., :prefill], cache)]
     for i in range(prefill, t):
-        out.append(model.step(task, columns(batch, i, i + 1), batch.valid[:, : i + 1], positions[:, i : i + 1], cache))
+        out.append(model.step(task, columns(batch, i, i + 1), batch.valid[:, : i + 1], positions[..., i : i + 1], cache))
     return torch.cat(out, dim=1)  # (B, T, V)
 
 
@@ -219,10 +219,11 @@ def test_gradients_reach_only_the_task_branch(tok, texts, task, fork_layer):
 # ---------------------------------------------------------------- KV cache, padding, causality
 
 
+@pytest.mark.parametrize("rope_2d", [False, True])
 @pytest.mark.parametrize("fork_layer", FORKS)
 @pytest.mark.parametrize("task", ["und", "gen"])
-def test_kv_cache_decoding_equals_full_recompute(tok, texts, task, fork_layer):
-    cfg = config(tok, fork_layer)
+def test_kv_cache_decoding_equals_full_recompute(tok, texts, task, fork_layer, rope_2d):
+    cfg = config(tok, fork_layer, rope_2d=rope_2d)
     model, builder = build(cfg), SequenceBuilder(tok, cfg)
     batch = builder.collate(examples(builder, texts, task, [0, 2]))  # two rows of different lengths: left padding
     lengths = batch.valid.sum(1)
@@ -387,3 +388,44 @@ def test_und_input_codes_feeds_image_codes_not_latents(tok, texts):
 def test_config_validation(overrides, message):
     with pytest.raises(UserError, match=message):
         named_config("debug", **overrides)
+
+
+# ---------------------------------------------------------------- multimodal RoPE
+
+
+def test_rope_2d_gives_image_tokens_their_row_and_column(tok, texts):
+    cfg = config(tok, rope_2d=True)  # an 8 x 8 grid
+    model, builder = build(cfg), SequenceBuilder(tok, cfg)
+    gen = builder.collate(gen_examples(builder, texts, [0]))
+    t, row, col = model.rope_positions(gen)[:, 0]
+    codes = (gen.kinds[0] == CODE).nonzero().squeeze(1)
+    start = int(t[codes[0]])
+    assert start == int(codes[0])  # the prompt's tokens before it count one each
+    cells = torch.arange(len(codes))
+    assert (t[codes] == start).all()
+    assert torch.equal(row[codes], start + cells // 8) and torch.equal(col[codes], start + cells % 8)
+    text = gen.kinds[0] == TEXT
+    assert torch.equal(t[text], row[text]) and torch.equal(t[text], col[text])
+    und = builder.collate(und_examples(builder, texts, [0]))
+    t, row, col = model.rope_positions(und)[:, 0]
+    latents = (und.kinds[0] == LATENT).nonzero().squeeze(1)
+    after = int(latents[-1]) + 1  # </img>: the text resumes one grid side after the image's start
+    assert int(t[after]) == int(t[latents[0]]) + 8 and int(row[latents[9]]) == int(t[latents[0]]) + 1
+
+
+def test_rope_2d_leaves_text_attention_as_1d(tok, texts):
+    """Text alone rotates exactly as under 1-D RoPE, so a forked LM keeps its text logits."""
+    flat, multimodal = build(config(tok)), build(config(tok, rope_2d=True))
+    multimodal.load_state_dict(flat.state_dict())
+    builder = SequenceBuilder(tok, config(tok))
+    batch = builder.collate([builder.generate(c) for c in texts["captions"][:3]])  # prompts: text only
+    with torch.no_grad():
+        assert torch.equal(flat.logits("gen", batch), multimodal.logits("gen", batch))
+    images = builder.collate(gen_examples(builder, texts, [0]))
+    with torch.no_grad():
+        assert not torch.allclose(flat.logits("gen", images), multimodal.logits("gen", images))
+
+
+def test_rope_2d_needs_a_square_grid(tok):
+    with pytest.raises(UserError, match="rope_2d needs a square image grid"):
+        config(tok, rope_2d=True, image_tokens=48)

@@ -36,7 +36,7 @@ class DecodeState:
     task: str
     cache: list[LayerCache]
     valid: torch.Tensor  # (B, S) bool over every position fed so far (False at left padding)
-    next_position: torch.Tensor  # (B, 1) long: the RoPE position of the next token of each row
+    next_position: torch.Tensor  # (B, 1) long: the RoPE position of each row's next token (rope_2d: of its image)
     next_cell: torch.Tensor  # (B, 1) long: the image grid cell a next CODE token fills
 
 
@@ -52,11 +52,12 @@ def prefill(model: UniFork, task: str, batch: Batch, max_new_tokens: int) -> tup
             f"{model.cfg.max_seq_len}; shorten the text"
         )
     cache = model.new_cache(batch.tokens.shape[0], width + max_new_tokens - 1)
-    positions = batch.positions
+    positions = model.rope_positions(batch)
     logits = model.step(task, batch, batch.valid, positions, cache)[:, -1]  # (B, V)
     is_image = (batch.kinds == CODE) | (batch.kinds == LATENT)
     next_cell = (is_image & batch.valid).sum(-1, keepdim=True)
-    return logits, DecodeState(task, cache, batch.valid, positions[:, -1:] + 1, next_cell)
+    last = positions[0] if positions.dim() == 3 else positions  # the sequence axis; a prompt ends with text
+    return logits, DecodeState(task, cache, batch.valid, last[:, -1:] + 1, next_cell)
 
 
 def decode_one(model: UniFork, state: DecodeState, tokens: torch.Tensor, kind: int) -> torch.Tensor:
@@ -70,8 +71,10 @@ def decode_one(model: UniFork, state: DecodeState, tokens: torch.Tensor, kind: i
         image_index=state.next_cell if kind == CODE else torch.zeros_like(state.next_cell),
     )
     state.valid = torch.cat([state.valid, new.valid], dim=1)
-    logits = model.step(state.task, new, state.valid, state.next_position, state.cache)[:, -1]
-    state.next_position = state.next_position + 1
+    positions = model.decode_positions(state.next_position, state.next_cell, kind)
+    logits = model.step(state.task, new, state.valid, positions, state.cache)[:, -1]
+    if not (model.cfg.rope_2d and kind == CODE):  # under multimodal RoPE an image's codes share its start
+        state.next_position = state.next_position + 1
     if kind == CODE:
         state.next_cell = state.next_cell + 1
     return logits

@@ -35,10 +35,23 @@ class Rotary(nn.Module):
         angles = torch.cat([angles, angles], dim=-1)
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # Multimodal RoPE (Qwen2-VL, arXiv 2409.12191): the frequencies split into (sequence, row, column)
+        # sections in Qwen2-VL's 16 : 24 : 24 proportion, fastest first; each rotates by its own axis' position.
+        half = head_dim // 2
+        first = half // 4
+        row_end = first + (half - first) // 2
+        self.sections = (slice(0, first), slice(first, row_end), slice(row_end, half))
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin at positions (B, T), each (B, 1, T, hd): gathered once, applied to both q and k."""
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        """cos and sin at positions (B, T), or (3, B, T) for multimodal RoPE, each (B, 1, T, hd): gathered once,
+        applied to both q and k. Equal axes give exactly the 1-D tables (text under multimodal RoPE)."""
+        if positions.dim() == 2:
+            return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        out = []
+        for table in (self.cos, self.sin):
+            half = torch.cat([table[axis][..., section] for axis, section in zip(positions, self.sections)], dim=-1)
+            out.append(torch.cat([half, half], dim=-1).unsqueeze(1))  # the rotate-half layout repeats the halves
+        return out[0], out[1]
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -47,7 +60,7 @@ class Rotary(nn.Module):
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x (B, H, T, hd), positions (B, T) -> rotated x."""
+        """x (B, H, T, hd), positions (B, T) or (3, B, T) -> rotated x."""
         return self.rotate(x, *self.tables(positions))
 
 

@@ -35,6 +35,9 @@ class ModelConfig:
     # patch features of a pretrained vision encoder (model/vision.py) through the projector
     und_input: str = "latents"
     vision: dict = field(default_factory=dict)  # und_input "vision": the encoder's spec (hf/vision.py writes it)
+    # Image positions as (row, column) under multimodal RoPE (model/unifork.py rope_positions); text attends as
+    # with 1-D RoPE either way, so a pretrained LM's text logits are unchanged.
+    rope_2d: bool = False
 
     def __post_init__(self):
         for f in fields(self):  # every size at least 1 (fork_layer is checked below), every float finite and > 0
@@ -50,6 +53,8 @@ class ModelConfig:
             ((self.d_model // self.n_heads) % 2 == 0, "the head dimension d_model / n_heads must be even for RoPE"),
             (self.und_input in UND_INPUTS, f"und_input must be one of {', '.join(UND_INPUTS)}, got '{self.und_input}'"),
             ((self.und_input == "vision") == bool(self.vision), "und_input 'vision' and a vision encoder spec go together"),
+            (not self.rope_2d or math.isqrt(self.image_tokens) ** 2 == self.image_tokens,
+             f"rope_2d needs a square image grid, got image_tokens {self.image_tokens}"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:

@@ -14,6 +14,7 @@ costs parameters, not compute per sample.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -151,6 +152,35 @@ class UniFork(nn.Module):
             raise UserError(f"the '{task}' branch is not loaded (loaded: {', '.join(self.tasks)}); load the checkpoint with task=None or task='{task}'")
         return branch
 
+    def rope_positions(self, batch: Batch) -> torch.Tensor:
+        """RoPE positions (B, T); with rope_2d (3, B, T): (sequence, row, column), as Qwen2-VL's multimodal RoPE.
+
+        A text token has its sequence index on all three axes. The positions of an image (a side x side grid)
+        start at s, its first token's index: the token at row r, column c is (s, s + r, s + c), and the text after
+        it continues at s + side, so relative positions inside an image are its 2-D offsets.
+        """
+        if not self.cfg.rope_2d:
+            return batch.positions
+        is_image = (batch.kinds == CODE) | (batch.kinds == LATENT)
+        side = torch.where(batch.kinds == LATENT, math.isqrt(self.cfg.und_image_tokens), math.isqrt(self.cfg.image_tokens))
+        cells = batch.grid_cells()
+        ends_image = is_image & (cells == side * side - 1)
+        advance = torch.where(is_image, torch.where(ends_image, side, 0), 1) * batch.valid  # (B, T)
+        t = advance.cumsum(-1) - advance  # exclusive: where each token starts
+        row = torch.where(is_image, t + cells // side, t)
+        col = torch.where(is_image, t + cells % side, t)
+        return torch.stack([t, row, col])
+
+    def decode_positions(self, next_position: torch.Tensor, next_cell: torch.Tensor, kind: int) -> torch.Tensor:
+        """Positions of one new token per row: `next_position` (B, 1) is the next text index, or with rope_2d
+        the start of the image a CODE token fills (its cell `next_cell` gives row and column)."""
+        if not self.cfg.rope_2d:
+            return next_position
+        if kind != CODE:
+            return next_position.expand(3, *next_position.shape)
+        side = math.isqrt(self.cfg.image_tokens)
+        return torch.stack([next_position, next_position + next_cell // side, next_position + next_cell % side])
+
     def _run(self, layers, x, positions, mask, caches):
         for i, layer in enumerate(layers):
             x = layer(x, positions, mask, self.rotary, None if caches is None else caches[i])
@@ -161,7 +191,7 @@ class UniFork(nn.Module):
 
         Returns the mean next-token cross-entropy of each task present, and their sum as "loss".
         """
-        positions, mask = batch.positions, attention_mask(batch.valid, batch.tokens.shape[1])
+        positions, mask = self.rope_positions(batch), attention_mask(batch.valid, batch.tokens.shape[1])
         h = self._run(self.trunk.layers, self.trunk.embed(batch), positions, mask, None)  # (B, T, C)
         losses = {}
         for task in self.tasks:
@@ -169,7 +199,7 @@ class UniFork(nn.Module):
             if rows.numel() == 0:
                 continue
             branch = self.branch(task)
-            hb = self._run(branch.layers, h[rows], positions[rows], mask[rows], None)
+            hb = self._run(branch.layers, h[rows], positions[..., rows, :], mask[rows], None)
             targets = batch.targets[rows]
             supervised = targets != IGNORE
             logits = branch.head(branch.norm(hb[supervised]))  # only where a loss applies: (N, V)
@@ -200,7 +230,7 @@ class UniFork(nn.Module):
 
     def logits(self, task: str, batch: Batch) -> torch.Tensor:
         """Full-recompute logits of `task`'s branch at every position, (B, T, V): the reference for the cache."""
-        positions, mask = batch.positions, attention_mask(batch.valid, batch.tokens.shape[1])
+        positions, mask = self.rope_positions(batch), attention_mask(batch.valid, batch.tokens.shape[1])
         branch = self.branch(task)
         h = self._run(self.trunk.layers, self.trunk.embed(batch), positions, mask, None)
         h = self._run(branch.layers, h, positions, mask, None)
@@ -212,7 +242,7 @@ class UniFork(nn.Module):
         n_layers + 1 tensors of (B, T, C); entries [0, fork_layer] come from shared weights. For analysis
         (per-layer alignment), so it runs without a cache; the last entry through norm + head gives logits().
         """
-        positions, mask = batch.positions, attention_mask(batch.valid, batch.tokens.shape[1])
+        positions, mask = self.rope_positions(batch), attention_mask(batch.valid, batch.tokens.shape[1])
         x = self.trunk.embed(batch)
         states = [x]
         for layer in (*self.trunk.layers, *self.branch(task).layers):
