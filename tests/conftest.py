@@ -70,3 +70,18 @@ def tiny_qwen(directory):
     torch.manual_seed(0)
     transformers.Qwen2ForCausalLM(config).save_pretrained(directory)
     bpe.save(str(directory / "tokenizer.json"))
+
+
+def noise_folder(directory, n: int = 8, size: int = 16, seed: int = 0) -> str:
+    """n random-noise PNGs with a caption and a question each, as a `folder:` source; returns its spec."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    with open(directory / "data.jsonl", "w") as f:
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(directory / f"{i}.png")
+            f.write(json.dumps({"image": f"{i}.png", "caption": f"picture {i}", "qa": [["which picture?", str(i)]]}) + "\n")
+    return f"folder:{directory}/data.jsonl"

@@ -228,17 +228,14 @@ def test_fork_hf_with_an_imported_tokenizer_trains_and_serves(imported, tmp_path
 def test_a_recipe_trains_on_an_imported_tokenizer(imported, tmp_path):
     from unifork.train.trainer import train
 
+    from conftest import noise_folder
+
     _, _, directory = imported["diffusers" if "diffusers" in imported else "janus"]
-    rng = np.random.default_rng(0)
-    with open(tmp_path / "data.jsonl", "w") as f:
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-            f.write(json.dumps({"image": f"{i}.png", "caption": f"picture {i}", "qa": [["which picture?", str(i)]]}) + "\n")
     (tmp_path / "recipe.toml").write_text(f"""
 [model]
 size = "debug"
 [data]
-source = "folder:{tmp_path}/data.jsonl"
+source = "{noise_folder(tmp_path)}"
 [tokenizer]
 image_tokenizer = "{directory}"
 [[stages]]
@@ -290,14 +287,14 @@ def test_a_recipe_refuses_a_tokenizer_of_another_image_size_before_training(impo
     from unifork.errors import UserError
     from unifork.train.trainer import train
 
+    from conftest import noise_folder
+
     _, _, directory = imported["janus"]
-    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "0.png")
-    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "0.png", "caption": "black"}) + "\n")
     (tmp_path / "recipe.toml").write_text(f"""
 [model]
 size = "debug"
 [data]
-source = "folder:{tmp_path}/data.jsonl"
+source = "{noise_folder(tmp_path, n=1)}"
 [tokenizer]
 image_tokenizer = "{directory}"
 image_size = 32

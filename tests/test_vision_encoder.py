@@ -136,25 +136,21 @@ def test_fork_hf_with_a_vision_encoder_saves_loads_and_answers(vision_model, tmp
 def test_a_recipe_selects_a_vision_encoder(vision_model, tmp_path):
     from unifork.train.trainer import train
 
-    _, _, _, directory = vision_model
-    rng = np.random.default_rng(0)
-    from PIL import Image
+    from conftest import noise_folder
 
-    with open(tmp_path / "data.jsonl", "w") as f:
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-            f.write(json.dumps({"image": f"{i}.png", "caption": "noise", "qa": [["what is it?", "noise"]]}) + "\n")
+    _, _, _, directory = vision_model
+    source = noise_folder(tmp_path, size=32)
     (tmp_path / "recipe.toml").write_text(f"""
 vision_encoder = "{directory}"
 [model]
 size = "debug"
 [data]
-source = "folder:{tmp_path}/data.jsonl"
+source = "{source}"
 [tokenizer]
 size = "tiny"
 steps = 2
 image_size = 32
-eval_source = "folder:{tmp_path}/data.jsonl"
+eval_source = "{source}"
 [[stages]]
 name = "joint"
 steps = 2
