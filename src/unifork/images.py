@@ -12,6 +12,7 @@ imports nothing of unifork but the error type.
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,16 @@ class CorruptImage(UserError):
     Training readers skip and count it, since a long run must not die on one bad file; anywhere else it is a
     UserError like any other.
     """
+
+
+WARN_FIRST = 5  # corrupt images a training reader announces one by one; later ones are only counted
+
+
+def announce_corrupt(count: int, key: str, detail: str, counted_in: str) -> None:
+    """The warning for the count-th corrupt image a reader skipped, while count <= WARN_FIRST."""
+    if count <= WARN_FIRST:
+        more = f"; further ones are counted in {counted_in} (skipped_corrupt)" if count == WARN_FIRST else ""
+        print(f"warning: skipped corrupt image {key}: {detail}{more}", file=sys.stderr)
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:

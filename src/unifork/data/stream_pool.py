@@ -12,7 +12,6 @@ and skipped) and encodes only the images of its own rows; pretokenized data skip
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +25,12 @@ from unifork.data.records import Encoded, Record
 from unifork.data.spec import open_source
 from unifork.data.stream import ShuffledStream
 from unifork.errors import UserError
-from unifork.images import CorruptImage, fit_image
+from unifork.images import CorruptImage, announce_corrupt, fit_image
 from unifork.sequences import Example, SequenceBuilder
 from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.image import images_to_tensor
 from unifork.und_images import und_image_size
 
-WARN_FIRST = 5  # corrupt images announced one by one; later ones are only counted (metrics.jsonl)
 
 
 @dataclass(frozen=True)
@@ -80,9 +78,8 @@ class StreamPool(PlannedPool):
 
     def _skip(self, reason: str, key: str, detail: str = "") -> None:
         self.skipped[reason] += 1
-        if self.announce and reason == "corrupt" and self.skipped[reason] <= WARN_FIRST:
-            more = "; further ones are counted in metrics.jsonl (skipped_corrupt)" if self.skipped[reason] == WARN_FIRST else ""
-            print(f"warning: skipped corrupt image {key}: {detail}{more}", file=sys.stderr)
+        if self.announce and reason == "corrupt":
+            announce_corrupt(self.skipped[reason], key, detail, "metrics.jsonl")
 
     def _fits(self, example: Example, tokens_after: int) -> bool:
         """Whether `example` plus `tokens_after` more tokens fits the model's context."""

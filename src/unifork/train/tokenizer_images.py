@@ -12,7 +12,6 @@ Both hand out batches as float (B, 3, H, W) tensors in [-1, 1] and have a state_
 
 from __future__ import annotations
 
-import sys
 import zlib
 
 import numpy as np
@@ -22,12 +21,11 @@ from unifork.data.records import Record
 from unifork.data.spec import Source, open_source, parse_source
 from unifork.data.stream import ShuffledStream
 from unifork.errors import UserError
-from unifork.images import CorruptImage, fit_image
+from unifork.images import CorruptImage, announce_corrupt, fit_image
 from unifork.tokenizers.image import images_to_tensor
 from unifork.world import World
 
 HOLDOUT_EVERY = 50  # without an evaluation source, 1 record in 50 (by key hash) is held out of training
-WARN_FIRST = 5  # corrupt images announced one by one; later ones are only counted (report.json)
 
 
 def world_data(split: str, n: int, seed: int = 0) -> tuple[torch.Tensor, list]:
@@ -79,9 +77,8 @@ class SourceImages:
 
     def _skip(self, record: Record, err: CorruptImage) -> None:
         self.skipped += 1
-        if self.announce and self.skipped <= WARN_FIRST:
-            more = "; further ones are counted in report.json (skipped_corrupt)" if self.skipped == WARN_FIRST else ""
-            print(f"warning: skipped corrupt image {record.key}: {err}{more}", file=sys.stderr)
+        if self.announce:
+            announce_corrupt(self.skipped, record.key, str(err), "report.json")
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, None]:
         pixels, last_good_epoch = [], self.stream.epoch
