@@ -365,3 +365,16 @@ def test_answer_probe_reads_a_separable_answer_and_runs_on_a_checkpoint(ckpt, tm
     assert len(result["probe_accuracy"]) == result["layers"][-1] + 1 and 0 <= result["model_accuracy"] <= 1
     assert "probe accuracy per layer" in capsys.readouterr().out
     assert main(["probe", "--ckpt", str(ckpt), "--out", str(tmp_path / "q.json"), "--qtype", "colour"]) == 2
+    # Where the first named object of each relation question is: one of 9 cells, so chance sits far below "yes"/"no"'s.
+    assert main(["probe", "--ckpt", str(ckpt), "--out", str(tmp_path / "c.json"), "--target", "first_position",
+                 "--n-train", "40", "--n-test", "20"]) == 0  # fmt: skip
+    cells = json.loads((tmp_path / "c.json").read_text())
+    assert cells["target"] == "first_position" and cells["majority_baseline"] < 0.5
+    assert cells["n_test"] == result["n_test"] and cells["model_accuracy"] == result["model_accuracy"]
+    capsys.readouterr()
+    for extra, message in ((["--target", "place"], "unknown probe target 'place'"),
+                           (["--target", "second_position", "--qtype", "color"], "use it with qtype 'relation'")):  # fmt: skip
+        assert main(["probe", "--ckpt", str(ckpt), "--out", str(tmp_path / "e.json"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e.json").exists()

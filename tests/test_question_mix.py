@@ -15,7 +15,7 @@ from unifork.tokenizers.image import ImageTokenizer
 from unifork.tokenizers.text import TextTokenizer
 from unifork.train.recipe import StageConfig, load_recipe
 from unifork.world import World
-from unifork.world.questions import opposite_question
+from unifork.world.questions import opposite_question, relation_objects
 from unifork.world.relations import relation_holds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,6 +43,7 @@ def test_a_relation_twin_asks_the_opposite_relation_and_flips_the_answer():
                 continue
             twin, twin_answer = opposite_question(question, answer)
             (a, relation, b), (twin_a, twin_relation, twin_b) = parse(question), parse(twin)
+            assert relation_objects(sample.scene, question) == (by_name[a], by_name[b])  # what probes locate
             assert (twin_a, twin_b) == (a, b) and twin_relation != relation and {answer, twin_answer} == {"yes", "no"}
             assert relation_holds(by_name[a], twin_relation, by_name[b]) == (twin_answer == "yes")  # still unarguable
             checked += 1

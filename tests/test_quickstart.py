@@ -15,21 +15,27 @@ tokenizer_dir = "{tok}"
 size = "debug"
 [data]
 pool_size = 64
+[report]
+learning_curve = true
+curve_vqa_scenes = 2
+curve_prompts = 1
 [[stages]]
 name = "gen_pretrain"
 steps = 3
 batch_size = 8
 mix = {{ gen = 1.0 }}
 train = ["trunk.*", "gen.*"]
+save_every = 2
 [[stages]]
 name = "joint"
 steps = 3
 batch_size = 8
+save_every = 2
 """
 
 
 @pytest.mark.slow
-def test_quickstart_writes_report_and_a_usable_checkpoint(tmp_path, tokenizer_dir):
+def test_quickstart_writes_report_and_a_usable_checkpoint(tmp_path, tokenizer_dir, monkeypatch):
     (tmp_path / "r.toml").write_text(RECIPE.format(tok=tokenizer_dir))
     out = tmp_path / "qs"
     report = quickstart(out, recipe=tmp_path / "r.toml", progress=False, eval_scale=0.1)
@@ -49,6 +55,23 @@ def test_quickstart_writes_report_and_a_usable_checkpoint(tmp_path, tokenizer_di
     assert "Image-text alignment per layer" in page and (out / "alignment.png").stat().st_size > 0
     assert "classifier-free guidance scale" in page
     assert "what the detector found instead" in page and page.count("found: ") >= 1  # a tiny run fails somewhere
+
+    # The learning curve: every kept step checkpoint (steps 2 and 3 of each stage), in training order.
+    curve = saved["learning_curve"]
+    assert [(p["stage"], p["step"], p["global_step"], p["samples"]) for p in curve] == [
+        ("gen_pretrain", 2, 2, 16), ("gen_pretrain", 3, 3, 24), ("joint", 2, 5, 40), ("joint", 3, 6, 48)]  # fmt: skip
+    assert all(set(p["gen_exact"]) == expected and 0 <= p["vqa"]["overall"] <= 1 for p in curve)
+    assert "Quality against training steps" in page
+    assert len(list((out / "curve").glob("*.json"))) == 4  # each point saved as it finished: a rerun reuses them
+
+    def no_new_evaluation(*_):
+        raise AssertionError("a point on disk was evaluated again")
+
+    monkeypatch.setattr("unifork.learning_curve._evaluate", no_new_evaluation)
+    from unifork.learning_curve import learning_curve
+    from unifork.train.recipe import load_recipe
+
+    assert learning_curve(out, load_recipe(tmp_path / "r.toml"), progress=False) == curve
 
     ckpt = out / "checkpoint"
     ask = subprocess.run([sys.executable, "-m", "unifork.cli", "ask", "--ckpt", str(ckpt), "--image",

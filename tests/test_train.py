@@ -1,6 +1,7 @@
 """Training: recipes are validated, a tiny run reduces both losses, stages chain, runs resume exactly."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -116,6 +117,9 @@ def test_recipe_errors(tmp_path, tokenizer_dir):
         "unknown model size 'huge'": good.replace('size = "debug"', 'size = "huge"'),
         "no such recipe file": None,
         "invalid TOML": good + "\n[[[",
+        "unknown key 'curve' in \\[report\\]": good + "\n[report]\ncurve = true\n",
+        "\\[report\\] curve_prompts of .* must be at least 1": good + "\n[report]\ncurve_prompts = 0\n",
+        "'learning_curve' in \\[report\\]": good + '\n[report]\nlearning_curve = "yes"\n',
     }
     for message, text in cases.items():
         path = tmp_path / "bad.toml"
@@ -156,5 +160,7 @@ def test_a_checkpoint_records_its_recipe_and_the_recipe_reproduces_it(tmp_path, 
 def test_packaged_recipes_load_by_name_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ here: the recipes ship inside the package
     assert load_recipe("quickstart").stages[-1].name == "joint"
+    full = load_recipe("full")  # its learning curve covers the whole run: every stage keeps all its checkpoints
+    assert full.report.learning_curve and all(math.ceil(s.steps / s.save_every) <= s.keep_last for s in full.stages)
     with pytest.raises(UserError, match="packaged recipe: .*quickstart"):
         load_recipe("no-such-recipe")

@@ -164,11 +164,41 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     if args.qtype not in QUESTION_TYPES:
         raise UserError(f"unknown --qtype '{args.qtype}'; choose one of: {', '.join(QUESTION_TYPES)}")
     result = answer_probe(Pipeline.from_pretrained(args.ckpt, task="und", device=args.device), args.qtype,
-                          n_train=args.n_train, n_test=args.n_test)  # fmt: skip
+                          n_train=args.n_train, n_test=args.n_test, target=args.target)  # fmt: skip
     atomic_write_text(Path(args.out), json.dumps(result, indent=2))
     layers = ", ".join(f"{layer}: {acc:.2f}" for layer, acc in zip(result["layers"], result["probe_accuracy"]))
-    print(f"{args.qtype}: probe accuracy per layer (fork at {result['fork_layer']}) {layers}; the model answers "
+    print(f"{args.qtype} {args.target}: probe accuracy per layer (fork at {result['fork_layer']}) {layers}; the model answers "
           f"{result['model_accuracy']:.3f} (majority {result['majority_baseline']:.3f}, {result['n_test']} questions)")
+
+
+def _cmd_conflict(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from unifork.analysis.conflict import task_conflict
+    from unifork.analysis.plot import plot_conflict
+    from unifork.atomic import atomic_write_text
+    from unifork.inference.pipeline import Pipeline
+
+    for flag, value in (("--n-batches", args.n_batches), ("--batch-size", args.batch_size)):
+        if value < 2:
+            raise UserError(f"{flag} must be at least 2 (an interval needs two batches; a batch, a row per task), got {value}")
+    pipeline = Pipeline.from_pretrained(args.ckpt, device=args.device)
+    if len(pipeline.model.tasks) < 2:
+        raise UserError(f"{args.ckpt} holds only the {pipeline.model.tasks[0]} branch; task conflict needs both")
+    result = task_conflict(pipeline.model, pipeline.image_tokenizer, pipeline.builder, n_batches=args.n_batches,
+                           batch_size=args.batch_size, seed=args.seed) | {"ckpt": str(args.ckpt)}  # fmt: skip
+    atomic_write_text(Path(args.out), json.dumps(result, indent=2))
+    if args.plot:
+        plot_conflict(result, args.plot)
+    for layer in result["layers"]:
+        if layer["shared"]:
+            cos, ratio = layer["cosine"], layer["norm_ratio"]
+            print(f"layer {layer['layer']}: cosine {cos['mean']:+.3f} [{cos['ci95'][0]:+.3f}, {cos['ci95'][1]:+.3f}], "
+                  f"|und| / |gen| {ratio['mean']:.2f}")  # fmt: skip
+        else:
+            print(f"layer {layer['layer']}: per task")
+    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 
 def _cmd_align(args: argparse.Namespace) -> None:
@@ -347,11 +377,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="per layer, a linear probe's accuracy at reading a question type's answer (und path)")
     pr.add_argument("--ckpt", required=True, help="checkpoint directory with the und branch")
     pr.add_argument("--qtype", default="relation", help="question type: color | shape | count | relation | what_left")
+    pr.add_argument("--target", default="answer", help="what the probes read: answer, or for relation questions "
+                    "first_position | second_position (the named object's cell in a 3 x 3 grid)")
     pr.add_argument("--out", required=True, help="output JSON: probe accuracy per layer, the model's own accuracy")
     pr.add_argument("--n-train", type=int, default=600, help="train-split scenes whose questions fit the probes")
     pr.add_argument("--n-test", type=int, default=300, help="test-split scenes whose questions score them")
     pr.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     pr.set_defaults(func=_cmd_probe)
+
+    cf = sub.add_parser("conflict", help="per shared layer, how the und and gen losses' gradients agree (cosine, norm ratio)")
+    cf.add_argument("--ckpt", required=True, help="checkpoint directory with both branches")
+    cf.add_argument("--out", required=True, help="output JSON: cosine and norm ratio per layer, with 95%% intervals")
+    cf.add_argument("--plot", default=None, help="also write a PNG plot of both against layer")
+    cf.add_argument("--n-batches", type=int, default=8, help="joint training batches averaged over")
+    cf.add_argument("--batch-size", type=int, default=32, help="rows per batch, half of each task")
+    cf.add_argument("--seed", type=int, default=0, help="world seed of the train-split scenes")
+    cf.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    cf.set_defaults(func=_cmd_conflict)
 
     al = sub.add_parser("align", help="per-layer image-text alignment (mutual k-NN) of a model's hidden states")
     al.add_argument("--ckpt", default=None, help="source 1: a UniFork checkpoint directory, measured on world scenes")

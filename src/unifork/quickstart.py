@@ -24,17 +24,19 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     from unifork.eval.vqa import evaluate_vqa
     from unifork.inference.pipeline import Pipeline
     from unifork.inference.settings import SamplingSettings
+    from unifork.learning_curve import learning_curve
     from unifork.report import write_report
     from unifork.configs import packaged_recipe
     from unifork.train.recipe import find_recipe, load_recipe
     from unifork.train.trainer import train
 
     recipe = find_recipe(recipe) if recipe else packaged_recipe("quickstart")  # installed with unifork
+    settings = load_recipe(recipe)
     out = Path(out)
     start = time.perf_counter()
     # A rerun reuses the tokenizer and finished stages (delete `out` to start over).
     print(f"[1/3] tokenizers and training stages of {recipe.name} -> {out}")
-    checkpoint = train(recipe, out, resume=True, progress=progress)
+    checkpoint = train(settings, out, resume=True, progress=progress)
     if checkpoint is None:  # stopped by SIGTERM/SIGINT after checkpointing
         raise UserError(f"training stopped before the end; run quickstart again with the same {param('out')} ({out}) "
                         "to continue it")  # fmt: skip
@@ -54,7 +56,8 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     alignment = model_alignment(pipeline, n=n(256), k=min(10, n(256) - 1))
     plot_alignment(alignment, out / "alignment.png")
 
-    tokenizer_dir = Path(load_recipe(recipe).tokenizer_dir or out / "tokenizer")
+    curve = learning_curve(out, settings, progress) if settings.report.learning_curve else []
+    tokenizer_dir = Path(settings.tokenizer_dir or out / "tokenizer")
     tokenizer_report_path = tokenizer_dir / "report.json"
     tokenizer_report = json.loads(tokenizer_report_path.read_text()) if tokenizer_report_path.is_file() else {}
     report = {
@@ -71,10 +74,10 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
         "tokenizer_ceiling": ceiling,
         "tokenizer": tokenizer_report,
         "alignment": {key: alignment[key] for key in ("k", "n_samples", "chance", "und", "gen")},
-    }
+    } | ({"learning_curve": curve} if curve else {})
     print("[3/3] writing the report")
     write_report(out, report, gen["samples"], vqa["examples"], out / "metrics.jsonl", out / "alignment.png",
-                 failures=gen["failures"])  # fmt: skip
+                 failures=gen["failures"], curve=curve)  # fmt: skip
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it was (analysis/plot.py)
 from PIL import Image
 
 
@@ -19,15 +20,18 @@ def _png_data_uri(image: np.ndarray, scale: int = 2) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _figure_data_uri(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def loss_curves_png(metrics_path: Path) -> str:
-    """Per-task training loss over all stages, as a data URI (matplotlib, headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Per-task training loss over all stages, as a data URI."""
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=100)
+    fig = Figure(figsize=(8, 3.5), dpi=100)
+    ax = fig.subplots()
     for task, color in (("und", "tab:blue"), ("gen", "tab:orange")):
         xs = [i for i, r in enumerate(records) if task in r]
         ax.plot(xs, [records[i][task] for i in xs], ".", markersize=2, color=color, label=f"{task} loss")
@@ -40,11 +44,28 @@ def loss_curves_png(metrics_path: Path) -> str:
     ax.set_ylabel("cross-entropy")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return _figure_data_uri(fig)
+
+
+def learning_curve_png(points: list[dict]) -> str:
+    """VQA accuracy by type and exact generation by category against training steps (learning_curve.py)."""
+    fig = Figure(figsize=(11, 4), dpi=100)
+    vqa_ax, gen_ax = fig.subplots(1, 2, sharex=True)
+    steps = [p["global_step"] for p in points]
+    for ax, key, title in ((vqa_ax, "vqa", "VQA accuracy, unseen scenes"), (gen_ax, "gen_exact", "generation, exact rule")):
+        for name in points[0][key]:
+            bold = name == "overall"
+            ax.plot(steps, [p[key][name] for p in points], "o-", markersize=3, linewidth=2.5 if bold else 1,
+                    color="black" if bold else None, label=name)  # fmt: skip
+        for index in range(1, len(points)):
+            if points[index]["stage"] != points[index - 1]["stage"]:
+                stage_start = points[index]["global_step"] - points[index]["step"]
+                ax.axvline(stage_start, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step (all stages)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    return _figure_data_uri(fig)
 
 
 def _table(rows: list[tuple[str, object]]) -> str:
@@ -53,7 +74,7 @@ def _table(rows: list[tuple[str, object]]) -> str:
 
 
 def write_report(out: Path, report: dict, gen_samples: list[dict], vqa_examples: list[dict], metrics_path: Path,
-                 alignment_png: Path, failures: list[dict] = ()) -> None:  # fmt: skip
+                 alignment_png: Path, failures: list[dict] = (), curve: list[dict] = ()) -> None:  # fmt: skip
     """Write out/report.json (numbers only) and out/report.html (numbers, samples, curves)."""
     (out / "report.json").write_text(json.dumps(report, indent=2))
     metric_rows = [("wall time (s)", report["wall_seconds"]), ("VQA accuracy (test scenes)", report["vqa"]["accuracy"])]
@@ -104,6 +125,7 @@ Generated images are judged by the world's detector: <i>exact</i> when it finds 
 else, <i>GenEval rules</i> when the prompt's objects are present (extra objects ignored; green = correct by these rules).</p>
 <h2>Metrics</h2>{_table(metric_rows)}
 <h2>Training loss per task</h2><img src="{loss_curves_png(metrics_path)}">
+{f'<h2>Quality against training steps</h2><img src="{learning_curve_png(curve)}">' if curve else ""}
 <h2>Image-text alignment per layer</h2><img src="data:image/png;base64,{base64.b64encode(alignment_png.read_bytes()).decode()}">
 <h2>Generated samples per category</h2>{gen_html}
 <h2>Failures per category: what the detector found instead (exact rule)</h2>{failures_html or "<p>none</p>"}

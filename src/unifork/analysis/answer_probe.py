@@ -4,6 +4,10 @@ For every question of one type (default "relation", yes/no) in world scenes, the
 question's last token, where the model starts its answer, is taken after each layer. A softmax-regression probe
 fitted on train-split scenes predicts the true answer on unseen test scenes. Readable in some layer while the
 model answers at chance: the readout fails. Readable nowhere: the model never computes the answer.
+
+For relation questions the probe can also read where each named object is (`target` "first_position" or
+"second_position": its cell in a 3 x 3 grid over the image), which splits a failure in two: the model does not
+find the objects, or finds them and does not compare them.
 """
 
 from __future__ import annotations
@@ -13,14 +17,26 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
+from unifork.errors import UserError
 from unifork.inference.sampler import answer_questions
 from unifork.und_images import und_inputs
 from unifork.world import World
+from unifork.world.questions import relation_objects
+from unifork.world.spec import Scene
+
+TARGETS = ("answer", "first_position", "second_position")
 
 
-def _questions(split: str, qtype: str, n_scenes: int, seed: int) -> tuple[list, list[str], list[str]]:
+def _cell(scene: Scene, question: str, which: int) -> str:
+    obj = relation_objects(scene, question)[which]
+    third = scene.config.canvas / 3
+    return f"row {int(obj.cy // third)} column {int(obj.cx // third)}"
+
+
+def _questions(split: str, qtype: str, target: str, n_scenes: int, seed: int) -> tuple[list, list[str], list[str], list[str]]:
+    """Images, questions, answers and the probe's labels of every `qtype` question in n scenes."""
     world = World(seed=seed, split=split)
-    images, questions, answers = [], [], []
+    images, questions, answers, labels = [], [], [], []
     for i in range(n_scenes):
         sample = world.sample(i)
         for kind, question, answer in sample.qa:
@@ -28,7 +44,8 @@ def _questions(split: str, qtype: str, n_scenes: int, seed: int) -> tuple[list, 
                 images.append(sample.image)
                 questions.append(question)
                 answers.append(answer)
-    return images, questions, answers
+                labels.append(answer if target == "answer" else _cell(sample.scene, question, TARGETS.index(target) - 1))
+    return images, questions, answers, labels
 
 
 @torch.no_grad()
@@ -60,15 +77,20 @@ def _fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int, wei
 
 
 def answer_probe(pipeline, qtype: str = "relation", n_train: int = 600, n_test: int = 300, seed: int = 0,
-                 steps: int = 200, weight_decay: float = 1e-3, batch_size: int = 64) -> dict:  # fmt: skip
-    """Probe accuracy per layer on test-split questions of `qtype`, beside the model's own accuracy on them."""
-    train_images, train_q, train_a = _questions("train", qtype, n_train, seed)
-    test_images, test_q, test_a = _questions("test", qtype, n_test, seed)
-    labels = sorted(set(train_a))
+                 steps: int = 200, weight_decay: float = 1e-3, batch_size: int = 64, target: str = "answer") -> dict:  # fmt: skip
+    """Probe accuracy per layer at reading `target` of test-split questions of `qtype`, beside the model's own
+    accuracy at answering them."""
+    if target not in TARGETS:
+        raise UserError(f"unknown probe target '{target}'; choose one of: {', '.join(TARGETS)}")
+    if target != "answer" and qtype != "relation":
+        raise UserError(f"probe target '{target}' is an object of a relation question; use it with qtype 'relation', not '{qtype}'")
+    train_images, train_q, _, train_y = _questions("train", qtype, target, n_train, seed)
+    test_images, test_q, test_a, test_y = _questions("test", qtype, target, n_test, seed)
+    labels = sorted(set(train_y))
     index = {a: i for i, a in enumerate(labels)}
-    known = [i for i, a in enumerate(test_a) if a in index]  # answers the train split never gives cannot be probed
-    y_train = torch.tensor([index[a] for a in train_a])
-    y_test = torch.tensor([index[test_a[i]] for i in known])
+    known = [i for i, a in enumerate(test_y) if a in index]  # labels the train split never gives cannot be probed
+    y_train = torch.tensor([index[a] for a in train_y])
+    y_test = torch.tensor([index[test_y[i]] for i in known])
     train_x = _last_token_states(pipeline, train_images, train_q, batch_size)
     test_x = _last_token_states(pipeline, test_images, test_q, batch_size)[:, known]
     accuracy = []
@@ -81,15 +103,16 @@ def answer_probe(pipeline, qtype: str = "relation", n_train: int = 600, n_test: 
     with torch.no_grad():
         codes, latents = und_inputs(pipeline.model.cfg, pipeline.image_tokenizer, test_images, pipeline.device)
         answers = answer_questions(pipeline.model, pipeline.builder, codes, latents, test_q)
-    majority = Counter(train_a).most_common(1)[0][0]
+    majority = Counter(train_y).most_common(1)[0][0]
     return {
         "qtype": qtype,
+        "target": target,
         "layers": list(range(train_x.shape[0])),
         "fork_layer": pipeline.model.cfg.fork_layer,
         "probe_accuracy": accuracy,
         "model_accuracy": round(sum(p == t for p, t in zip(answers, test_a)) / len(test_a), 4),
         "model_answers": dict(Counter(answers).most_common(5)),
-        "majority_baseline": round(sum(a == majority for a in test_a) / len(test_a), 4),
-        "n_train": len(train_a),
-        "n_test": len(test_a),
+        "majority_baseline": round(sum(y == majority for y in test_y) / len(test_y), 4),  # of the probe's labels
+        "n_train": len(train_y),
+        "n_test": len(test_y),
     }

@@ -45,3 +45,34 @@ def plot_alignment(result: dict, path: str | Path) -> None:
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_conflict(result: dict, path: str | Path) -> None:
+    """Write a PNG of a task_conflict result: gradient cosine per shared layer (with its interval) and the norm ratio."""
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    cos_ax = fig.subplots()
+    shared = [layer for layer in result["layers"] if layer["shared"]]
+    xs = [layer["layer"] for layer in shared]
+    means = [layer["cosine"]["mean"] for layer in shared]
+    errors = [[m - layer["cosine"]["ci95"][0] for m, layer in zip(means, shared)],
+              [layer["cosine"]["ci95"][1] - m for m, layer in zip(means, shared)]]  # fmt: skip
+    cos_ax.errorbar(xs, means, yerr=errors, color="tab:red", marker="o", capsize=3, label="cosine(grad und, grad gen)")
+    cos_ax.axhline(0, color="black", linewidth=0.8)
+    cos_ax.set_xticks(range(result["n_layers"]))
+    cos_ax.set_xlim(-0.5, result["n_layers"] - 0.5)
+    cos_ax.set_xlabel("layer")
+    cos_ax.set_ylabel("gradient cosine (95% interval)")
+    ratio_ax = cos_ax.twinx()
+    ratio_ax.plot(xs, [layer["norm_ratio"]["mean"] for layer in shared], color="tab:gray", marker="s", linestyle="--",
+                  label="|grad und| / |grad gen|")  # fmt: skip
+    ratio_ax.set_yscale("log")
+    ratio_ax.set_ylabel("norm ratio")
+    per_task = [layer["layer"] for layer in result["layers"] if not layer["shared"]]
+    for layer in per_task:
+        cos_ax.axvspan(layer - 0.5, layer + 0.5, color="gray", alpha=0.12, linewidth=0)
+    handles = cos_ax.get_legend_handles_labels()[0] + ratio_ax.get_legend_handles_labels()[0]
+    cos_ax.legend(handles=handles, fontsize=8, loc="best")
+    shaded = "; shaded: per-task layers" if per_task else ""
+    cos_ax.set_title(f"Task conflict per layer ({result['n_batches']} batches of {result['batch_size']}){shaded}", fontsize=10)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))

@@ -15,6 +15,7 @@ import torch
 from unifork.data.batches import PlannedPool, StageShape, step_generator, task_counts
 from unifork.data.config import DataConfig
 from unifork.errors import UserError
+from unifork.images import fit_image
 from unifork.sequences import Example, SequenceBuilder
 from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.image import images_to_tensor
@@ -50,9 +51,11 @@ class WorldPool(PlannedPool):
             raise UserError(f"no world sample has questions of the types {list(data.question_types)}")
         self.und_sample = [asked[bisect.bisect_left(asked, i) % len(asked)] for i in range(len(self.qa))]
         images = np.stack([s.image for s in samples])
+        size = image_tokenizer.cfg.image_size  # a tokenizer for another size than the world's renders
+        sized = images if images.shape[1] == size else np.stack([fit_image(image, size) for image in images])
         codes, latents = [], []
         with torch.no_grad():
-            for chunk in images_to_tensor(images).split(encode_batch):
+            for chunk in images_to_tensor(sized).split(encode_batch):
                 codes.append(image_tokenizer.encode(chunk))
                 if builder.cfg.und_input == "latents":
                     latents.append(image_tokenizer.encode_latents(chunk))

@@ -236,6 +236,10 @@ class UniFork(nn.Module):
         h = self._run(branch.layers, h, positions, mask, None)
         return branch.head(branch.norm(h))
 
+    def path_layers(self, task: str) -> list[Block]:
+        """The blocks `task`'s path runs through, in order; a block on both tasks' paths is shared."""
+        return [*self.trunk.layers, *self.branch(task).layers]
+
     def hidden_states(self, task: str, batch: Batch) -> list[torch.Tensor]:
         """The residual stream on `task`'s path: after the embeddings, then after each trunk and branch layer.
 
@@ -245,7 +249,7 @@ class UniFork(nn.Module):
         positions, mask = self.rope_positions(batch), attention_mask(batch.valid, batch.tokens.shape[1])
         x = self.trunk.embed(batch)
         states = [x]
-        for layer in (*self.trunk.layers, *self.branch(task).layers):
+        for layer in self.path_layers(task):
             x = layer(x, positions, mask, self.rotary, None)
             states.append(x)
         return states

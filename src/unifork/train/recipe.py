@@ -62,6 +62,15 @@ class TokenizerTable:
 
 
 @dataclass(frozen=True)
+class ReportTable:
+    """[report]: what `unifork quickstart --recipe` measures beyond the final checkpoint's evaluation."""
+
+    learning_curve: bool = False  # a small evaluation of every step checkpoint the stages kept (eval/learning_curve.py)
+    curve_vqa_scenes: int = 40  # unseen test scenes per point (~420 questions)
+    curve_prompts: int = 8  # ShapeEval prompts per category per point, 2 images each (96 images)
+
+
+@dataclass(frozen=True)
 class Recipe:
     model: ModelConfig
     data: DataConfig
@@ -73,6 +82,7 @@ class Recipe:
     tokenizer: TokenizerTable = TokenizerTable()
     vision_encoder: str = ""  # a SigLIP / CLIP checkpoint whose features are the understanding input (hf/vision.py)
     vision_layer: int = -2  # its hidden layer read (LLaVA's: the second-to-last)
+    report: ReportTable = ReportTable()
 
 
 def _stage(table: dict, index: int, source: str) -> StageConfig:
@@ -115,7 +125,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"invalid TOML in {path}: {err}") from None
     allowed = {"model": dict, "data": dict, "stages": list, "tokenizer_dir": str, "seed": int, "init_checkpoint": str,
-               "tokenizer": dict, "vision_encoder": str, "vision_layer": int}  # fmt: skip
+               "tokenizer": dict, "vision_encoder": str, "vision_layer": int, "report": dict}  # fmt: skip
     for key, value in raw.items():
         if key not in allowed:
             raise UserError(f"unknown key '{key}' in {path}; known keys: {', '.join(sorted(allowed))}")
@@ -139,6 +149,10 @@ def load_recipe(path: str | Path) -> Recipe:
         given = "tokenizer_dir" if raw.get("tokenizer_dir") else "init_checkpoint"
         raise UserError(f"{path} sets both {given} and a [tokenizer] table, which says how to train new tokenizers; drop one")
     tokenizer = _tokenizer_table(raw.get("tokenizer", {}), path)
+    report = ReportTable(**checked_fields(raw.get("report", {}), ReportTable, f"[report] of {path}", non_negative=True))
+    for key in ("curve_vqa_scenes", "curve_prompts"):
+        if getattr(report, key) < 1:
+            raise UserError(f"[report] {key} of {path} must be at least 1, got {getattr(report, key)}")
     data = DataConfig(**checked_fields(raw.get("data", {}), DataConfig, f"[data] of {path}", non_negative=True))
     check_source(data.source)  # a bad scheme or a missing path fails now, not after the tokenizers train
     unknown = [t for t in data.question_types if t not in QUESTION_TYPES]
@@ -156,7 +170,8 @@ def load_recipe(path: str | Path) -> Recipe:
         raise UserError(f"stage names in {path} must be unique")
     return Recipe(model=model, data=data, stages=stages, tokenizer_dir=raw.get("tokenizer_dir", ""), seed=raw.get("seed", 0),
                   init_checkpoint=init_checkpoint, model_keys=stated, tokenizer=tokenizer,
-                  vision_encoder=raw.get("vision_encoder", ""), vision_layer=raw.get("vision_layer", -2))  # fmt: skip
+                  vision_encoder=raw.get("vision_encoder", ""), vision_layer=raw.get("vision_layer", -2),
+                  report=report)  # fmt: skip
 
 
 def _tokenizer_table(table: dict, path: Path) -> TokenizerTable:
@@ -185,6 +200,7 @@ def resolved_recipe(recipe: Recipe, model: ModelConfig) -> str:
     table = {"seed": recipe.seed, "tokenizer_dir": absolute(recipe.tokenizer_dir),
              "vision_encoder": absolute(recipe.vision_encoder), "vision_layer": recipe.vision_layer,
              "init_checkpoint": absolute(recipe.init_checkpoint), "model": asdict(model), "data": asdict(data),
+             "report": asdict(recipe.report),
              "stages": [asdict(stage) | {"train": list(stage.train)} for stage in recipe.stages]}  # fmt: skip
     if not (recipe.tokenizer_dir or recipe.init_checkpoint):  # else the tokenizers come from there, not a table
         tokenizer = recipe.tokenizer

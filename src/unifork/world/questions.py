@@ -97,6 +97,17 @@ def opposite_question(question: str, answer: str) -> tuple[str, str]:
     raise ValueError(f"not a relation question: {question!r}")
 
 
+def relation_objects(scene: Scene, question: str) -> tuple[SceneObject, SceneObject]:
+    """The two objects a relation question of this scene names, in the order it names them."""
+    by_name = {_the(o): o for o in scene.objects}  # relation questions name only objects their name picks out
+    body = question.removeprefix("is ").removesuffix("?")
+    for phrase in RELATION_PHRASES.values():
+        first, found, second = body.partition(f" {phrase} ")
+        if found and first in by_name and second in by_name:
+            return by_name[first], by_name[second]
+    raise ValueError(f"not a relation question about this scene: {question!r}")
+
+
 def questions_for(scene: Scene, rng: np.random.Generator, allow_heldout: bool = False) -> list[QA]:
     """All questions of every type the scene supports; `rng` picks the zero-count and relation questions.
 
