@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from unifork.atomic import atomic_write_text
-from unifork.train.checkpoints import complete_checkpoints
+from unifork.train.checkpoints import checkpoint_step, complete_checkpoints
 from unifork.train.recipe import Recipe
 
 CURVE_DIR = "curve"
@@ -24,7 +24,7 @@ def learning_curve(out: Path, recipe: Recipe, progress: bool = True) -> list[dic
     points, steps_before, samples_before = [], 0, 0
     for stage in recipe.stages:
         for checkpoint in complete_checkpoints(out / "stages" / stage.name):
-            step = int(checkpoint.name.split("-")[1])
+            step = checkpoint_step(checkpoint)
             cache = out / CURVE_DIR / f"{stage.name}-{step:07d}.json"
             if cache.is_file():
                 point = json.loads(cache.read_text())

@@ -62,18 +62,13 @@ def task_conflict(model, image_tokenizer, builder, n_batches: int = 8, batch_siz
     groups = [embeddings] + [list(und_path[i].parameters()) for i in shared]
     pool = WorldPool(DataConfig(seed=seed, pool_size=n_batches * batch_size), image_tokenizer, builder)
     stage = StageConfig(name="conflict", steps=n_batches, batch_size=batch_size, mix={"und": 0.5, "gen": 0.5})
-    was_training = model.training
-    model.eval()  # no dropout: the two gradients differ by task alone
 
     def loss_pairs():
         for step in range(n_batches):
             losses = model(pool.batch(stage, 0, step))
             yield losses["und"], losses["gen"]
 
-    try:
-        agreement = gradient_agreement(groups, loss_pairs())
-    finally:
-        model.train(was_training)
+    agreement = gradient_agreement(groups, loss_pairs())
     by_layer = dict(zip(shared, agreement[1:]))
     layers = [{"layer": i, "shared": True, **by_layer[i]} if i in by_layer
               else {"layer": i, "shared": False, "why": "per-task layer: no parameter both losses reach"}

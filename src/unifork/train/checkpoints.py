@@ -34,12 +34,17 @@ def step_dir(stage_dir: Path, step: int) -> Path:
     return stage_dir / f"{_PREFIX}{step:07d}"
 
 
+def checkpoint_step(directory: Path) -> int:
+    """The step a step directory holds."""
+    return int(directory.name[len(_PREFIX) :])
+
+
 def _step_dirs(stage_dir: Path) -> list[Path]:
     """Every step directory, complete or not, oldest first."""
     if not stage_dir.is_dir():
         return []
     found = [p for p in stage_dir.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+    return sorted(found, key=checkpoint_step)
 
 
 def complete_checkpoints(stage_dir: Path) -> list[Path]:

@@ -65,7 +65,7 @@ class TokenizerTable:
 class ReportTable:
     """[report]: what `unifork quickstart --recipe` measures beyond the final checkpoint's evaluation."""
 
-    learning_curve: bool = False  # a small evaluation of every step checkpoint the stages kept (eval/learning_curve.py)
+    learning_curve: bool = False  # a small evaluation of every step checkpoint the stages kept (unifork/learning_curve.py)
     curve_vqa_scenes: int = 40  # unseen test scenes per point (~420 questions)
     curve_prompts: int = 8  # ShapeEval prompts per category per point, 2 images each (96 images)
 
