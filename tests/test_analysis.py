@@ -177,7 +177,7 @@ def test_hidden_states_share_the_trunk_and_fork_after_it(pipe):
     batch = pipe.builder.collate(examples)
     with torch.no_grad():
         und, gen = pipe.model.hidden_states("und", batch), pipe.model.hidden_states("gen", batch)
-    fork = pipe.model.cfg.fork_layer
+    fork = pipe.model.cfg.plan.index("t")  # the first per-task layer
     assert all(torch.equal(u, g) for u, g in zip(und[: fork + 1], gen[: fork + 1]))
     assert not torch.allclose(und[fork + 1], gen[fork + 1])
 
@@ -207,7 +207,7 @@ def test_features_do_not_depend_on_the_batch_size(pipe):
 def test_model_alignment_per_layer_is_valid_and_deterministic(pipe):
     result = model_alignment(pipe, n=32, k=4)
     layers = pipe.model.cfg.n_layers + 1
-    assert result["layers"] == list(range(layers)) and result["fork_layer"] == pipe.model.cfg.fork_layer
+    assert result["layers"] == list(range(layers)) and result["sharing"] == pipe.model.cfg.plan
     assert result["paths"] == ["und", "gen"] and result["n_samples"] == 32 and result["k"] == 4
     for path in ("und", "gen"):
         assert len(result[path]) == layers

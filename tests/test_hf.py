@@ -269,6 +269,33 @@ def test_cli_fork_hf_then_export_hf(converted, tmp_path, capsys):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_hidden_layers"] == 4
 
 
+@pytest.mark.parametrize("sharing", ["x", "shared", "tsts"])
+def test_fork_hf_with_any_sharing_plan_keeps_the_hf_logits_both_ways(converted, tmp_path, sharing):
+    """Each HF layer lands where the plan puts it (trunk if shared, else und and a copy in gen), and export-hf
+    writes the und path back in order."""
+    hf, hf_dir, _ = converted["llama"]
+    fork_hf(hf_dir, None, tmp_path / "fork", sharing=sharing)
+    model = load_model(tmp_path / "fork")
+    plan = model.cfg.plan
+    assert len(model.trunk.layers) == plan.count("s") and len(model.gen.layers) == plan.count("t")
+    diff = max_diff(model, hf, text_batch([23, 9, 17], BPE_SIZE), BPE_SIZE)
+    assert diff <= TOL
+    hf_state = hf.state_dict()
+    for i, layer in enumerate(model.path_layers("gen")):  # gen's path holds the same pretrained weights, in order
+        assert torch.equal(layer.mlp.up_proj.weight, hf_state[f"model.layers.{i}.mlp.up_proj.weight"])
+    export_hf(tmp_path / "fork", tmp_path / "back")
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert all(torch.equal(back[f"model.layers.{i}.self_attn.q_proj.weight"], hf_state[f"model.layers.{i}.self_attn.q_proj.weight"])
+               for i in range(len(plan)))  # fmt: skip
+
+
+def test_fork_hf_y_needs_the_fork_layer(converted, tmp_path, capsys):
+    _, hf_dir, _ = converted["llama"]
+    assert main(["fork-hf", "--model", str(hf_dir), "--sharing", "inverted_y", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "splits at a layer: give --fork-layer (0..4)" in err and not (tmp_path / "out").exists()
+
+
 def _drop_tensor(d):
     state = load_file(str(d / "model.safetensors"))
     del state["model.layers.1.mlp.up_proj.weight"]

@@ -21,7 +21,9 @@ from unifork.tokenizers.text import TextTokenizer, world_corpus
 from unifork.world import World
 
 N_LAYERS = named_config("debug").n_layers
-FORKS = [0, N_LAYERS // 2, N_LAYERS]  # two separate stacks, the Y, one fully shared stack
+# Every sharing pattern: two separate stacks, the Y at L/2, one fully shared stack, the X, the inverted Y, and an
+# explicit plan that interleaves shared and per-task layers (a shared layer after a per-task one re-joins the rows).
+PLANS = ["separate", "y", "shared", "x", "inverted_y", "tsts"]
 ATOL = 1e-5
 
 
@@ -43,8 +45,8 @@ def texts() -> dict[str, list]:
     return {"qa": qa, "captions": captions}
 
 
-def config(tok, fork_layer: int = 2, **overrides):
-    return named_config("debug", text_vocab_size=tok.vocab_size, fork_layer=fork_layer, **overrides)
+def config(tok, sharing: str = "y", **overrides):
+    return named_config("debug", text_vocab_size=tok.vocab_size, sharing=sharing, **overrides)
 
 
 def build(cfg, seed: int = 0) -> UniFork:
@@ -115,20 +117,25 @@ def has_grad(p: torch.nn.Parameter) -> bool:
 # ---------------------------------------------------------------- shapes and routing
 
 
-@pytest.mark.parametrize("fork_layer", FORKS)
-def test_layers_per_part_follow_the_fork(tok, fork_layer):
-    model = build(config(tok, fork_layer))
-    assert len(model.trunk.layers) == fork_layer
-    assert len(model.und.layers) == len(model.gen.layers) == N_LAYERS - fork_layer
+@pytest.mark.parametrize("sharing", PLANS)
+def test_layers_per_part_follow_the_plan(tok, sharing):
+    model = build(config(tok, sharing))
+    plan = model.cfg.plan
+    assert plan == {"separate": "tttt", "y": "sstt", "shared": "ssss", "x": "tsst", "inverted_y": "ttss"}.get(sharing, sharing)
+    assert len(model.trunk.layers) == plan.count("s")
+    assert len(model.und.layers) == len(model.gen.layers) == plan.count("t")
+    # each path runs its layers in plan order: the shared ones are one object on both paths
+    und_path, gen_path = model.path_layers("und"), model.path_layers("gen")
+    assert "".join("s" if a is b else "t" for a, b in zip(und_path, gen_path, strict=True)) == plan
     assert model.und.head.out_features == tok.vocab_size
     assert model.gen.head.out_features == model.cfg.image_vocab_size
     # every sample passes through n_layers blocks whatever the fork
     assert len(model.new_cache(1)) == N_LAYERS
 
 
-@pytest.mark.parametrize("fork_layer", FORKS)
-def test_mixed_forward_and_logit_shapes(tok, texts, fork_layer):
-    cfg = config(tok, fork_layer)
+@pytest.mark.parametrize("sharing", PLANS)
+def test_mixed_forward_and_logit_shapes(tok, texts, sharing):
+    cfg = config(tok, sharing)
     model, builder = build(cfg), SequenceBuilder(tok, cfg)
     batch = builder.collate([*und_examples(builder, texts, [0, 1]), *gen_examples(builder, texts, [0])])
     losses = model(batch)
@@ -143,10 +150,10 @@ def test_mixed_forward_and_logit_shapes(tok, texts, fork_layer):
     assert model.logits("gen", batch).shape == (b, t, cfg.image_vocab_size)
 
 
-@pytest.mark.parametrize("fork_layer", FORKS)
-def test_mixed_batch_routes_each_row_to_its_branch(tok, texts, fork_layer):
+@pytest.mark.parametrize("sharing", PLANS)
+def test_mixed_batch_routes_each_row_to_its_branch(tok, texts, sharing):
     """Loss of an interleaved mixed batch == losses of the und-only and gen-only batches run on their own."""
-    cfg = config(tok, fork_layer)
+    cfg = config(tok, sharing)
     model, builder = build(cfg), SequenceBuilder(tok, cfg)
     und, gen = und_examples(builder, texts, [0, 1, 2]), gen_examples(builder, texts, [0, 1])
     mixed = builder.collate([gen[0], und[0], und[1], gen[1], und[2]])  # latent rows not first, not contiguous
@@ -176,7 +183,7 @@ def test_parameter_counts_grow_with_the_unshared_depth(tok):
     per_block = sum(p.numel() for p in Block(config(tok)).parameters())
     totals = {}
     for fork in range(N_LAYERS + 1):
-        model = build(config(tok, fork))
+        model = build(config(tok, fork_layer=fork))
         counts = model.param_counts()
         assert counts["total"] == sum(p.numel() for p in model.parameters())
         assert counts["trunk"] + counts["und"] + counts["gen"] == counts["total"]
@@ -186,22 +193,25 @@ def test_parameter_counts_grow_with_the_unshared_depth(tok):
     for fork, total in totals.items():
         # one extra copy of the layers [fork, n_layers) for the second branch
         assert total - shared == (N_LAYERS - fork) * per_block
+    for sharing in PLANS:  # any plan: one extra copy of each per-task layer
+        model = build(config(tok, sharing))
+        assert model.param_counts()["total"] - shared == model.cfg.plan.count("t") * per_block
 
 
 # ---------------------------------------------------------------- gradients reach only the right branch
 
 
-@pytest.mark.parametrize("fork_layer", FORKS)
+@pytest.mark.parametrize("sharing", PLANS)
 @pytest.mark.parametrize("task", ["und", "gen"])
-def test_gradients_reach_only_the_task_branch(tok, texts, task, fork_layer):
-    cfg = config(tok, fork_layer)
+def test_gradients_reach_only_the_task_branch(tok, texts, task, sharing):
+    cfg = config(tok, sharing)
     model, builder = build(cfg), SequenceBuilder(tok, cfg)
     model(builder.collate(examples(builder, texts, task, [0, 1])))["loss"].backward()
     params = dict(model.named_parameters())
     other = "gen" if task == "und" else "und"
     own = [n for n in params if n.startswith(f"{task}.")]
     trunk_layers = [n for n in params if n.startswith("trunk.layers.")]
-    assert len(trunk_layers) == fork_layer * len(list(Block(cfg).parameters()))
+    assert len(trunk_layers) == cfg.plan.count("s") * len(list(Block(cfg).parameters()))
     assert own and all(has_grad(params[n]) for n in own + trunk_layers), [
         n for n in own + trunk_layers if not has_grad(params[n])
     ]
@@ -220,10 +230,10 @@ def test_gradients_reach_only_the_task_branch(tok, texts, task, fork_layer):
 
 
 @pytest.mark.parametrize("rope_2d", [False, True])
-@pytest.mark.parametrize("fork_layer", FORKS)
+@pytest.mark.parametrize("sharing", PLANS)
 @pytest.mark.parametrize("task", ["und", "gen"])
-def test_kv_cache_decoding_equals_full_recompute(tok, texts, task, fork_layer, rope_2d):
-    cfg = config(tok, fork_layer, rope_2d=rope_2d)
+def test_kv_cache_decoding_equals_full_recompute(tok, texts, task, sharing, rope_2d):
+    cfg = config(tok, sharing, rope_2d=rope_2d)
     model, builder = build(cfg), SequenceBuilder(tok, cfg)
     batch = builder.collate(examples(builder, texts, task, [0, 2]))  # two rows of different lengths: left padding
     lengths = batch.valid.sum(1)
@@ -239,10 +249,10 @@ def test_kv_cache_decoding_equals_full_recompute(tok, texts, task, fork_layer, r
     torch.testing.assert_close(cached[batch.valid], full[batch.valid], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("fork_layer", FORKS)
+@pytest.mark.parametrize("sharing", PLANS)
 @pytest.mark.parametrize("task", ["und", "gen"])
-def test_row_logits_do_not_depend_on_padding(tok, texts, task, fork_layer):
-    cfg = config(tok, fork_layer)
+def test_row_logits_do_not_depend_on_padding(tok, texts, task, sharing):
+    cfg = config(tok, sharing)
     model, builder = build(cfg), SequenceBuilder(tok, cfg)
     long, short = examples(builder, texts, task, [0, 2])
     alone = builder.collate([short])
@@ -286,9 +296,9 @@ def test_und_logits_see_the_image_latents(tok, texts):
 # ---------------------------------------------------------------- checkpoints
 
 
-@pytest.fixture
-def saved(tok, texts, tmp_path):
-    cfg = config(tok)
+@pytest.fixture(params=["y", "x"])
+def saved(tok, texts, tmp_path, request):
+    cfg = config(tok, request.param)
     model, builder = build(cfg, seed=3), SequenceBuilder(tok, cfg)
     save_model(model, tmp_path)
     batches = {
@@ -323,7 +333,22 @@ def test_task_only_loading_keeps_trunk_and_one_branch(saved, task):
             part.logits(other, batches[other])
 
 
-@pytest.mark.parametrize("edit", [{"d_model": 32}, {"fork_layer": 3}, {"n_layers": 5}])
+def test_a_config_from_before_sharing_plans_loads_as_the_y(tok, texts, tmp_path):
+    model = build(config(tok, fork_layer=1), seed=3)
+    save_model(model, tmp_path)
+    path = tmp_path / "config.json"
+    old = json.loads(path.read_text())
+    del old["sharing"]
+    path.write_text(json.dumps(old))
+    loaded = load_model(tmp_path)
+    assert loaded.cfg.plan == "sttt"
+    builder = SequenceBuilder(tok, model.cfg)
+    batch = builder.collate(gen_examples(builder, texts, [0]))
+    with torch.no_grad():
+        assert torch.equal(loaded.logits("gen", batch), model.logits("gen", batch))
+
+
+@pytest.mark.parametrize("edit", [{"d_model": 32}, {"sharing": "tttt"}, {"n_layers": 5}])
 def test_loading_with_a_mismatched_config_names_the_weights(saved, edit):
     _, directory, _ = saved
     path = directory / "config.json"
@@ -383,6 +408,9 @@ def test_und_input_codes_feeds_image_codes_not_latents(tok, texts):
         ({"fork_layer": -1}, "fork_layer must be in"),
         ({"n_heads": 4, "n_kv_heads": 3}, "divisible by n_kv_heads"),
         ({"und_input": "pixels"}, "und_input must be one of"),
+        ({"sharing": "z"}, "sharing must be one of y, x, inverted_y, shared, separate or one letter per layer"),
+        ({"sharing": "sst"}, r"one letter per layer \(4 of s = shared"),
+        ({"sharing": "ssTT"}, "got 'ssTT'"),
     ],
 )
 def test_config_validation(overrides, message):

@@ -88,7 +88,7 @@ def test_health_info_and_openapi(url):
     health = httpx.get(f"{url}/v1/health").json()
     assert health["status"] == "ok" and health["max_batch"] == 8 and "completed" in health["stats"]
     info = httpx.get(f"{url}/v1/info").json()
-    assert info["tasks"] == ["und", "gen"] and info["fork_layer"] == 2 and info["n_layers"] == 4
+    assert info["tasks"] == ["und", "gen"] and info["sharing"] == "sstt" and info["n_layers"] == 4
     assert info["config"]["image_tokens"] == 16 and info["engine"]["max_queue"] == 64
     assert info["limits"]["MAX_IMAGES_PER_REQUEST"] == 16 and info["alignment_plot"] is None
     schema = httpx.get(f"{url}/openapi.json").json()

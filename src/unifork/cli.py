@@ -91,10 +91,12 @@ def _cmd_ask(args: argparse.Namespace) -> None:
 def _cmd_fork_hf(args: argparse.Namespace) -> None:
     from unifork.hf import fork_hf
 
+    from unifork.model.sharing import describe
+
     info = fork_hf(args.model, args.fork_layer, args.out, image_tokenizer_dir=args.image_tokenizer,
-                   vision_encoder_dir=args.vision_encoder, vision_layer=args.vision_layer)  # fmt: skip
+                   vision_encoder_dir=args.vision_encoder, vision_layer=args.vision_layer, sharing=args.sharing)  # fmt: skip
     counts = ", ".join(f"{name} {n / 1e6:.1f}M" for name, n in info["parameters"].items())
-    print(f"forked {info['architecture']} at layer {info['fork_layer']} of {info['n_layers']} into {args.out} "
+    print(f"forked {info['architecture']} ({info['n_layers']} layers: {describe(info['sharing'])}) into {args.out} "
           f"({counts}); use it as --ckpt")  # fmt: skip
 
 
@@ -167,7 +169,7 @@ def _cmd_probe(args: argparse.Namespace) -> None:
                           n_train=args.n_train, n_test=args.n_test, target=args.target)  # fmt: skip
     atomic_write_text(Path(args.out), json.dumps(result, indent=2))
     layers = ", ".join(f"{layer}: {acc:.2f}" for layer, acc in zip(result["layers"], result["probe_accuracy"]))
-    print(f"{args.qtype} {args.target}: probe accuracy per layer (fork at {result['fork_layer']}) {layers}; the model answers "
+    print(f"{args.qtype} {args.target}: probe accuracy per layer (plan {result['sharing']}) {layers}; the model answers "
           f"{result['model_accuracy']:.3f} (majority {result['majority_baseline']:.3f}, {result['n_test']} questions)")
 
 
@@ -351,9 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ask.set_defaults(func=_cmd_ask)
 
-    fk = sub.add_parser("fork-hf", help="turn a local Qwen2/Llama HF checkpoint into a UniFork checkpoint forked at a layer")
+    fk = sub.add_parser("fork-hf", help="turn a local Qwen2/Llama HF checkpoint into a UniFork checkpoint (forked at a layer, or any sharing plan)")
     fk.add_argument("--model", required=True, help="local HF model directory: config.json, *.safetensors, tokenizer.json")
-    fk.add_argument("--fork-layer", type=int, required=True, help="layers [0, K) are shared; the paper forks Qwen2.5-0.5B at 12 of 24")
+    fk.add_argument("--fork-layer", type=int, default=None, help="for y (and inverted_y): layers [0, K) are shared (per task); the paper "
+                    "forks Qwen2.5-0.5B at 12 of 24")  # fmt: skip
+    fk.add_argument("--sharing", default="y", help="sharing plan: y, x, inverted_y, shared, separate or one letter per layer "
+                    "(s shared, t per task); every per-task layer starts as a copy of the pretrained one; default %(default)s")  # fmt: skip
     fk.add_argument("--out", required=True, help="output checkpoint directory (usable as --ckpt)")
     fk.add_argument("--image-tokenizer", default=None, help="image tokenizer directory (from `unifork tokenizer train`); default: a fresh untrained one")
     fk.add_argument("--vision-encoder", default=None, help="local SigLIP / CLIP checkpoint (with its preprocessor_config.json): "

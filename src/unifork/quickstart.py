@@ -64,7 +64,7 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
         "wall_seconds": round(time.perf_counter() - start, 1),
         "train_seconds": round(train_seconds, 1),
         "checkpoint": str(checkpoint),
-        "fork_layer": pipeline.model.cfg.fork_layer,
+        "sharing": pipeline.model.cfg.plan,
         "n_layers": pipeline.model.cfg.n_layers,
         "parameters": pipeline.model.param_counts(),
         "vqa": {k: v for k, v in vqa.items() if k != "examples"},

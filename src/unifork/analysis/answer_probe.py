@@ -108,7 +108,7 @@ def answer_probe(pipeline, qtype: str = "relation", n_train: int = 600, n_test: 
         "qtype": qtype,
         "target": target,
         "layers": list(range(train_x.shape[0])),
-        "fork_layer": pipeline.model.cfg.fork_layer,
+        "sharing": pipeline.model.cfg.plan,
         "probe_accuracy": accuracy,
         "model_accuracy": round(sum(p == t for p, t in zip(answers, test_a)) / len(test_a), 4),
         "model_answers": dict(Counter(answers).most_common(5)),

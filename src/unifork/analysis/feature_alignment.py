@@ -45,7 +45,7 @@ def feature_alignment(image: np.ndarray, text: np.ndarray, k: int = 10) -> dict:
     return {
         "model": "user-supplied features",
         "layers": list(range(len(values))),
-        "fork_layer": None,
+        "sharing": None,
         "n_layers": len(values) - 1,
         "k": k,
         "n_samples": n,

@@ -37,7 +37,7 @@ def hf_alignment(model_dir: str | Path, texts: list[str], image_features: np.nda
     return {
         "model": f"{model.config.model_type} from {model_dir}, {n_layers} layers",
         "layers": list(range(n_layers + 1)),
-        "fork_layer": None,
+        "sharing": None,
         "n_layers": n_layers,
         "k": k,
         "n_samples": len(texts),

@@ -39,7 +39,7 @@ def model_alignment(pipeline, n: int = 256, k: int = 10, pooling: str = "mean", 
     result = {
         "model": f"UniFork, {cfg.n_layers} layers, d_model {cfg.d_model}, und_input {cfg.und_input}",
         "layers": list(range(cfg.n_layers + 1)),
-        "fork_layer": cfg.fork_layer,
+        "sharing": cfg.plan,
         "n_layers": cfg.n_layers,
         "k": k,
         "n_samples": n,

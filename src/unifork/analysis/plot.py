@@ -1,4 +1,4 @@
-"""Alignment against depth: one line per path, the fork point and the chance level marked."""
+"""Alignment and task conflict against depth: one line per path, per-task layers shaded, chance marked."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from unifork.atomic import atomic_write
+from unifork.model.sharing import PER_TASK
 
 PATH_LABELS = {
     "und": "understanding path (image -> text)",
@@ -19,6 +20,16 @@ PATH_LABELS = {
 PATH_STYLES = {"und": ("tab:blue", "o"), "gen": ("tab:orange", "s"), "lm": ("tab:green", "^"), "features": ("tab:purple", "D")}
 
 
+def shade_per_task_layers(ax, plan: str | None) -> None:
+    """Shade the states that per-task layers write: state i + 1 is layer i's output (state 0 = embeddings)."""
+    if not plan:
+        return
+    for i, letter in enumerate(plan):
+        if letter == PER_TASK:
+            ax.axvspan(i + 0.5, i + 1.5, color="gray", alpha=0.12, linewidth=0,
+                       label="per-task layer" if PER_TASK not in plan[:i] else None)  # fmt: skip
+
+
 def plot_alignment(result: dict, path: str | Path) -> None:
     """Write a PNG of a result of model_alignment, hf_alignment or feature_alignment."""
     fig = Figure(figsize=(7, 4.5), dpi=120)
@@ -27,18 +38,13 @@ def plot_alignment(result: dict, path: str | Path) -> None:
     for name in result["paths"]:
         color, marker = PATH_STYLES[name]
         ax.plot(layers, result[name], color=color, marker=marker, label=PATH_LABELS[name])
-    fork = result.get("fork_layer")
-    if fork is not None:
-        # state `fork` is the trunk's output; later states come from task-specific layers
-        ax.axvline(fork, color="gray", linestyle="--", linewidth=1)
-        ax.annotate(f"fork: layers {fork + 1}+ per task", xy=(fork, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(4, -14), textcoords="offset points", color="dimgray", fontsize=9)  # fmt: skip
+    shade_per_task_layers(ax, result.get("sharing"))
     ax.axhline(result["chance"], color="black", linestyle=":", linewidth=1, label=f"chance k/(N-1) = {result['chance']:.3f}")
     ax.set_xticks(layers)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel(f"mutual {result['k']}-NN alignment")
     highest = max(result["chance"], *(max(result[name]) for name in result["paths"]))
-    ax.set_ylim(0, min(1.05, max(0.05, 1.15 * highest)))  # headroom above the highest point for the fork label
+    ax.set_ylim(0, min(1.05, max(0.05, 1.15 * highest)))  # headroom above the highest point for the legend
     pooling = f", {result['pooling']} pooling" if result.get("pooling") else ""
     ax.set_title(f"Image-text alignment per layer\n{result['model']}; N={result['n_samples']}, k={result['k']}{pooling}", fontsize=10)
     ax.grid(alpha=0.3)

@@ -3,6 +3,7 @@
     HF layers [0, K)           -> trunk (shared)
     HF layers [K, L) + norm    -> und branch, with lm_head (or the tied embedding) as its text head
     a copy of [K, L) + norm    -> gen branch, with a new image-code head
+    (any other sharing plan: the shared layers -> trunk, the per-task ones -> und and a copy -> gen)
     new                        -> image-code embeddings, image-position embeddings, the latent projector
     a SigLIP / CLIP checkpoint -> trunk.vision, the understanding input (with `vision_encoder_dir`; hf/vision.py)
 
@@ -23,6 +24,7 @@ from unifork.hf.architectures import read_backbone
 from unifork.hf.vision import read_vision_encoder
 from unifork.hf.weights import VOCAB_TENSORS, read_hf_weights, take_und_path
 from unifork.model.config import ModelConfig
+from unifork.model.sharing import FORKED_SHAPES
 from unifork.model.unifork import UniFork
 from unifork.model.vision import DEFAULT_FEATURE_LAYER, feature_width
 from unifork.tokenizers.codec import ImageCodec
@@ -36,14 +38,21 @@ UNTRAINED_IMAGE_TOKENIZER = (
 )
 
 
-def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_tokenizer_dir: str | Path | None = None,
-            seed: int = 0, vision_encoder_dir: str | Path | None = None, vision_layer: int = DEFAULT_FEATURE_LAYER) -> dict:  # fmt: skip
-    """Write a unifork checkpoint directory (save_pretrained) at `out`; returns a summary of what was built."""
+def fork_hf(model_dir: str | Path, fork_layer: int | None, out: str | Path, image_tokenizer_dir: str | Path | None = None,
+            seed: int = 0, vision_encoder_dir: str | Path | None = None, vision_layer: int = DEFAULT_FEATURE_LAYER,
+            sharing: str = "y") -> dict:  # fmt: skip
+    """Write a unifork checkpoint directory (save_pretrained) at `out`; returns a summary of what was built.
+
+    fork_layer places the split of the y and inverted_y plans (model/sharing.py); other plans need none.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserError(f"no such model directory: {model_dir} (give a local Hugging Face model directory)")
     backbone = read_backbone(model_dir)
     n_layers = backbone.shape["n_layers"]
+    if fork_layer is None and sharing in FORKED_SHAPES:
+        raise UserError(f"sharing '{sharing}' splits at a layer: give {param('fork_layer')} (0..{n_layers})")
+    fork_layer = 0 if fork_layer is None else fork_layer
     if not 0 <= fork_layer <= n_layers:
         raise UserError(f"{param('fork_layer')} must be in [0, {n_layers}] for this {n_layers}-layer model, got {fork_layer}")
     hf_tokenizer = _read_tokenizer(model_dir)
@@ -57,6 +66,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
     cfg = ModelConfig(
         **backbone.shape,
         fork_layer=fork_layer,
+        sharing=sharing,
         text_vocab_size=max(backbone.vocab_size, text.vocab_size),
         image_vocab_size=icfg.num_codes,
         image_tokens=icfg.grid**2,
@@ -84,7 +94,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int, out: str | Path, image_token
     return {
         "architecture": backbone.architecture,
         "n_layers": n_layers,
-        "fork_layer": fork_layer,
+        "sharing": cfg.plan,
         "text_vocab_size": cfg.text_vocab_size,
         "added_tokens": text.vocab_size - pretrained_ids,
         "mean_init_rows": len(set(new_ids) | set(range(backbone.vocab_size, cfg.text_vocab_size))),

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from unifork.errors import UserError
 from unifork.model.config import ModelConfig
+from unifork.model.sharing import layer_modules
 
 # Inside one decoder layer: our Block's names -> HF's (model.layers.{i}.*).
 BLOCK_NAMES = {
@@ -38,9 +39,8 @@ def und_path_names(cfg: ModelConfig) -> dict[str, str]:
     if not cfg.tie_word_embeddings:
         names["und.head.weight"] = "lm_head.weight"
     block = BLOCK_NAMES | (BIAS_NAMES if cfg.attention_bias else {})
-    for i in range(cfg.n_layers):
-        ours = f"trunk.layers.{i}." if i < cfg.fork_layer else f"und.layers.{i - cfg.fork_layer}."
-        names.update({ours + mine: f"model.layers.{i}.{theirs}" for mine, theirs in block.items()})
+    for i, module in enumerate(layer_modules(cfg.plan, "und")):
+        names.update({f"{module}.{mine}": f"model.layers.{i}.{theirs}" for mine, theirs in block.items()})
     return names
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from unifork.atomic import atomic_write_text
 from unifork.config_fields import checked_fields
 from unifork.errors import UserError
+from unifork.model.sharing import sharing_plan
 
 UND_INPUTS = ("latents", "codes", "vision")
 
@@ -25,7 +26,10 @@ class ModelConfig:
     n_heads: int = 8
     n_kv_heads: int = 4  # grouped-query attention: n_heads / n_kv_heads query heads share one key/value head
     mlp_hidden: int = 704  # SwiGLU width, ~ 8/3 * d_model rounded to a multiple of 64
-    fork_layer: int = 3  # layers [0, fork_layer) are shared; [fork_layer, n_layers) exist once per task
+    fork_layer: int = 3  # where y and inverted_y change: y shares layers [0, fork_layer), the rest exist once per task
+    # Which layers both tasks share (model/sharing.py): y, x, inverted_y, shared, separate, or one letter per layer
+    # (s = shared, t = per task), e.g. "tsssst".
+    sharing: str = "y"
     max_seq_len: int = 192
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
@@ -59,6 +63,15 @@ class ModelConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(f"invalid model config: {message}")
+        try:
+            self.plan
+        except ValueError as err:
+            raise UserError(f"invalid model config: {err}") from None
+
+    @property
+    def plan(self) -> str:
+        """The sharing plan, one letter per layer: s (shared by both tasks) or t (once per task)."""
+        return sharing_plan(self.sharing, self.n_layers, self.fork_layer)
 
     @property
     def head_dim(self) -> int:

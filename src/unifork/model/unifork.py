@@ -1,15 +1,16 @@
-"""The Y-shaped UniFork model: a shared trunk, then one branch per task (UniFork, arXiv 2506.17202, Fig. 1).
+"""The Y-shaped UniFork model: shared layers, then one branch per task (UniFork, arXiv 2506.17202, Fig. 1).
 
     text / image codes / image latents
                  |
-      trunk: embeddings + layers [0, fork_layer)        (shared by both tasks)
+      trunk: embeddings + the shared layers          (both tasks)
               /                          \\
-    und branch: layers [fork, L)     gen branch: its own layers [fork, L)
-    + norm + text head               + norm + image-code head
+    und branch: its per-task layers      gen branch: its per-task layers
+    + norm + text head                   + norm + image-code head
 
-`fork_layer = n_layers` is the fully shared baseline (one stack, two heads); `fork_layer = 0` is two
-task-specific models that share only the embeddings. Every sample passes through n_layers layers, so the fork
-costs parameters, not compute per sample.
+The sharing plan (model/sharing.py) says which layers are shared: the Y shares layers [0, fork_layer); `shared`
+is one stack with two heads, `separate` two task-specific models that share only the embeddings, and x, inverted
+y or any explicit plan interleave the two kinds. Every sample passes through n_layers layers, so the plan costs
+parameters, not compute per sample.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from unifork.errors import UserError
 from unifork.model.blocks import Block, LayerCache, RMSNorm, Rotary
 from unifork.model.config import ModelConfig
+from unifork.model.sharing import PER_TASK, SHARED, layer_modules
 from unifork.model.vision import VisionEncoder
 
 # What fills a sequence position: a text token, an image code, or a slot for one projected image latent.
@@ -81,7 +83,7 @@ def attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
 
 
 class Trunk(nn.Module):
-    """Embeddings of every input kind plus the shared layers [0, fork_layer)."""
+    """Embeddings of every input kind plus the shared layers, in layer order."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -95,7 +97,7 @@ class Trunk(nn.Module):
         # Learned embedding of each image position's grid cell: 1-D RoPE alone leaves the 2-D layout for the model
         # to infer (above = 8 positions back), and measured VQA on relations stayed at chance without it.
         self.image_pos = nn.Embedding(max(cfg.image_tokens, cfg.und_image_tokens), cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.fork_layer))
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.plan.count(SHARED)))
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """(B, T, C) input vectors; each kind scattered into its positions by mask, no loop over samples."""
@@ -112,11 +114,11 @@ class Trunk(nn.Module):
 
 
 class Branch(nn.Module):
-    """One task's deep layers [fork_layer, n_layers) + final norm + output head."""
+    """One task's own layers (the plan's per-task layers, in layer order) + final norm + output head."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers - cfg.fork_layer))
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.plan.count(PER_TASK)))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
 
@@ -187,23 +189,38 @@ class UniFork(nn.Module):
         return x
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Mixed-task training forward: the trunk runs once over all rows, then rows are routed to their branch.
+        """Mixed-task training forward: shared layers run once over all rows, per-task layers over their task's rows.
 
-        Returns the mean next-token cross-entropy of each task present, and their sum as "loss".
+        Rows are grouped by task first, so a per-task layer runs on a contiguous slice and a shared layer after it
+        on their concatenation. Returns the mean next-token cross-entropy of each task present, and their sum as
+        "loss".
         """
-        positions, mask = self.rope_positions(batch), attention_mask(batch.valid, batch.tokens.shape[1])
-        h = self._run(self.trunk.layers, self.trunk.embed(batch), positions, mask, None)  # (B, T, C)
+        order = batch.task.argsort(stable=True)
+        positions = self.rope_positions(batch)[..., order, :]
+        mask = attention_mask(batch.valid, batch.tokens.shape[1])[order]
+        h, targets, task_of_row = self.trunk.embed(batch)[order], batch.targets[order], batch.task[order]
+        counts = torch.bincount(task_of_row, minlength=len(TASKS)).tolist()
+        # task -> its slice of the grouped rows
+        rows = {task: slice(sum(counts[: TASK_ID[task]]), sum(counts[: TASK_ID[task] + 1]))
+                for task in self.tasks if counts[TASK_ID[task]]}  # fmt: skip
+        layers = {task: self.path_layers(task) for task in rows}
+        parts = None  # per task, its rows' residual stream while inside per-task layers
+        for i, letter in enumerate(self.cfg.plan):
+            if letter == SHARED:
+                if parts is not None:
+                    h, parts = torch.cat(list(parts.values())), None
+                h = layers[next(iter(rows))][i](h, positions, mask, self.rotary, None)
+            else:
+                parts = parts or {task: h[r] for task, r in rows.items()}
+                parts = {task: layers[task][i](x, positions[..., rows[task], :], mask[rows[task]], self.rotary, None)
+                         for task, x in parts.items()}  # fmt: skip
         losses = {}
-        for task in self.tasks:
-            rows = (batch.task == TASK_ID[task]).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
+        for task, r in rows.items():
             branch = self.branch(task)
-            hb = self._run(branch.layers, h[rows], positions[..., rows, :], mask[rows], None)
-            targets = batch.targets[rows]
-            supervised = targets != IGNORE
+            hb = h[r] if parts is None else parts[task]
+            supervised = targets[r] != IGNORE
             logits = branch.head(branch.norm(hb[supervised]))  # only where a loss applies: (N, V)
-            losses[task] = F.cross_entropy(logits.float(), targets[supervised])
+            losses[task] = F.cross_entropy(logits.float(), targets[r][supervised])
         losses["loss"] = sum(losses.values())
         return losses
 
@@ -223,27 +240,25 @@ class UniFork(nn.Module):
         """
         branch = self.branch(task)
         mask = attention_mask(valid_so_far, batch.tokens.shape[1])
-        k = self.cfg.fork_layer
-        h = self._run(self.trunk.layers, self.trunk.embed(batch), positions, mask, cache[:k])
-        h = self._run(branch.layers, h, positions, mask, cache[k:])
+        h = self._run(self.path_layers(task), self.trunk.embed(batch), positions, mask, cache)
         return branch.head(branch.norm(h))
 
     def logits(self, task: str, batch: Batch) -> torch.Tensor:
         """Full-recompute logits of `task`'s branch at every position, (B, T, V): the reference for the cache."""
         positions, mask = self.rope_positions(batch), attention_mask(batch.valid, batch.tokens.shape[1])
         branch = self.branch(task)
-        h = self._run(self.trunk.layers, self.trunk.embed(batch), positions, mask, None)
-        h = self._run(branch.layers, h, positions, mask, None)
+        h = self._run(self.path_layers(task), self.trunk.embed(batch), positions, mask, None)
         return branch.head(branch.norm(h))
 
     def path_layers(self, task: str) -> list[Block]:
-        """The blocks `task`'s path runs through, in order; a block on both tasks' paths is shared."""
-        return [*self.trunk.layers, *self.branch(task).layers]
+        """The blocks `task`'s path runs through, in layer order; a block on both tasks' paths is shared."""
+        self.branch(task)  # a clear error when that branch is not loaded
+        return [self.get_submodule(name) for name in layer_modules(self.cfg.plan, task)]
 
     def hidden_states(self, task: str, batch: Batch) -> list[torch.Tensor]:
         """The residual stream on `task`'s path: after the embeddings, then after each trunk and branch layer.
 
-        n_layers + 1 tensors of (B, T, C); entries [0, fork_layer] come from shared weights. For analysis
+        n_layers + 1 tensors of (B, T, C); entry i + 1 comes from layer i (shared where the plan says s). For analysis
         (per-layer alignment), so it runs without a cache; the last entry through norm + head gives logits().
         """
         positions, mask = self.rope_positions(batch), attention_mask(batch.valid, batch.tokens.shape[1])

@@ -82,7 +82,7 @@ class ModelRunner:
         cfg = self.pipe.model.cfg
         return {
             "tasks": list(self.tasks),
-            "fork_layer": cfg.fork_layer,
+            "sharing": cfg.plan,
             "n_layers": cfg.n_layers,
             "image_size": self.pipe.image_tokenizer.cfg.image_size,
             "parameters": self.pipe.model.param_counts(),

@@ -12,6 +12,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from unifork.inference.settings import DEFAULT_IMAGES, DEFAULTS
+from unifork.model.sharing import describe
 from unifork.serve.engine import Engine
 from unifork.serve.errors import (
     ClientGone,
@@ -33,7 +34,7 @@ def build_ui(engine: Engine, runner: ModelRunner, alignment_plot: Path | None, c
     info = runner.info()
     with gr.Blocks(title="UniFork", analytics_enabled=False) as demo:
         gr.Markdown(
-            f"## UniFork\n`{checkpoint}`: {info['n_layers']} layers, forked after layer {info['fork_layer']} "
+            f"## UniFork\n`{checkpoint}`: {info['n_layers']} layers, {describe(info['sharing'])} "
             f"(branches loaded: {', '.join(info['tasks'])}); {info['image_size']} px images."
         )
         generated = gr.State([])  # the gallery's PIL images, for the Ask tab to pick from
