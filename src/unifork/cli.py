@@ -118,13 +118,14 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 def _cmd_study(args: argparse.Namespace) -> None:
     from unifork.study import run_study
 
-    forks = tuple(_int_list(args.forks, "--forks")) if args.forks else None
+    plans = tuple(p.strip() for p in args.plans.split(",") if p.strip()) if args.plans else None
     seeds = tuple(_int_list(args.seeds, "--seeds")) if args.seeds else None
-    study = run_study(args.out, quick=args.quick, forks=forks, seeds=seeds, tokenizer_dir=args.tokenizer_dir, steps=args.steps)
-    for row in study["by_fork"]:
-        print(f"fork {row['fork']}: VQA {row['vqa']['mean']:.3f} ± {row['vqa']['std']:.3f}, "
+    study = run_study(args.out, quick=args.quick, plans=plans, seeds=seeds, tokenizer_dir=args.tokenizer_dir,
+                      steps=args.steps, results_dir=args.results)  # fmt: skip
+    for row in study["by_plan"]:
+        print(f"{'/'.join(row['labels'])} {row['plan']}: VQA {row['vqa']['mean']:.3f} ± {row['vqa']['std']:.3f}, "
               f"ShapeEval exact {row['gen_exact']['mean']:.3f} ± {row['gen_exact']['std']:.3f}")  # fmt: skip
-    print(f"wrote {args.out}/study.md, study.json, quality_vs_fork.png, alignment.png")
+    print(f"wrote {args.results or args.out + '/results'}: one result per model, study.md, study.json, plots")
 
 
 def _cmd_data_pretokenize(args: argparse.Namespace) -> None:
@@ -460,10 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--json", default=None, help="also write the figures to this JSON file")
     lt.set_defaults(func=_cmd_loadtest)
 
-    st = sub.add_parser("study", help="the fork-point study: train task-specific, Y-fork and fully shared models, compare")
-    st.add_argument("--out", required=True, help="study directory (resumable: finished models are not redone)")
+    st = sub.add_parser("study", help="the sharing-pattern study: train shared, Y, X, separate and recommended models, compare")
+    st.add_argument("--out", required=True, help="study directory: tokenizer and checkpoints (resumable: finished models are not redone)")
+    st.add_argument("--results", default=None, help="directory of the per-model result files and the summary (default OUT/results); "
+                    "a model whose result is there is skipped")  # fmt: skip
     st.add_argument("--quick", action="store_true", help="small models, one seed: about 10 minutes on 2 CPU cores")
-    st.add_argument("--forks", default=None, help="comma-separated fork points (default: 0,3,6; quick: 0,2,4)")
+    st.add_argument("--plans", default=None, help="comma-separated plans: y, x, inverted_y, shared, separate (y and inverted_y "
+                    "split at L/2), y:K, letters such as tsssst, recommended (default: shared,y,x,separate,recommended)")  # fmt: skip
     st.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)")
     st.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
     st.add_argument("--tokenizer", dest="tokenizer_dir", default=None, help="reuse this tokenizer directory instead of training one")

@@ -11,25 +11,16 @@ curve on a fully shared model. A per-task layer has no parameter both losses rea
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from scipy.stats import t as student_t
 from torch import nn
 
 from unifork.data.config import DataConfig
 from unifork.data.world_pool import WorldPool
+from unifork.eval.stats import mean_interval
 from unifork.train.recipe import StageConfig
-
-
-def mean_interval(values: list[float]) -> dict:
-    """Mean and 95% Student-t interval of per-batch values (the interval is the mean itself for one value)."""
-    mean = statistics.fmean(values)
-    half = student_t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return {"mean": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
 
 
 def gradient_agreement(groups: list[list[nn.Parameter]], loss_pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[dict]:

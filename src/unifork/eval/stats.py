@@ -1,9 +1,13 @@
-"""Counts to reported rates: accuracy with a Wilson 95% interval, so small evaluation sets show their noise."""
+"""Counts to reported rates with a Wilson 95% interval, and means of repeated measurements with a Student-t one,
+so small evaluation sets and few seeds show their noise."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Iterable, Mapping
+
+from scipy.stats import t as student_t
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
@@ -37,3 +41,10 @@ def rates(correct: Mapping[str, int], total: Mapping[str, int], keys: Iterable[s
         "ci95": {k: [round(v, 4) for v in wilson_interval(c, t)] for k, (c, t) in counts.items()},
         "counts": {k: {"correct": c, "total": t} for k, (c, t) in counts.items()},
     }
+
+
+def mean_interval(values: list[float]) -> dict:
+    """Mean and 95% Student-t interval of repeated measurements (the interval is the mean itself for one value)."""
+    mean = statistics.fmean(values)
+    half = student_t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return {"mean": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
