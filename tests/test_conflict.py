@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from unifork.analysis.conflict import gradient_agreement
+from unifork.analysis.recommend import recommend_plan
 from unifork.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,7 +56,7 @@ def test_cosine_interval_covers_its_batches():
 def test_cli_conflict_measures_the_shared_layers_of_a_checkpoint(ckpt, tmp_path, capsys):
     out, plot = tmp_path / "c.json", tmp_path / "c.png"
     assert main(["conflict", "--ckpt", str(ckpt), "--out", str(out), "--plot", str(plot), "--n-batches", "3",
-                 "--batch-size", "4"]) == 0  # fmt: skip
+                 "--batch-size", "4", "--align-samples", "16"]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     fork, n_layers = 2, 4  # the debug model: layers 0-1 shared, 2-3 per task
     assert result["shared_layers"] == list(range(fork)) and len(result["layers"]) == n_layers
@@ -65,8 +66,28 @@ def test_cli_conflict_measures_the_shared_layers_of_a_checkpoint(ckpt, tmp_path,
         else:
             assert not layer["shared"] and "per-task" in layer["why"] and "cosine" not in layer
     assert -1 <= result["embeddings"]["cosine"]["mean"] <= 1
-    assert plot.stat().st_size > 0 and "layer 0: cosine" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert plot.stat().st_size > 0 and "layer 0: cosine" in printed
+    plan = result["recommendation"]["plan"]
+    assert plan[fork:] == "tt" and f"recommended sharing plan: {plan}" in printed and "meant for a fully shared" in printed
+    assert len(result["alignment"]["und"]) == n_layers + 1
     assert main(["conflict", "--ckpt", str(ckpt), "--out", str(tmp_path / "e.json"), "--n-batches", "1"]) == 2
     err = capsys.readouterr().err
     assert "--n-batches must be at least 2" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e.json").exists()
+
+
+def _layer(i, lo, hi):
+    return {"layer": i, "shared": True, "cosine": {"mean": (lo + hi) / 2, "ci95": [lo, hi]}}
+
+
+def test_recommendation_splits_where_gradients_conflict_or_alignment_diverges():
+    conflict = {"layers": [_layer(0, -0.1, 0.1), _layer(1, -0.2, -0.05), _layer(2, -0.1, 0.1), _layer(3, 0.1, 0.2),
+                           {"layer": 4, "shared": False}]}  # fmt: skip
+    # states 0..5: layer 2 moves und up and gen down (beyond noise); layer 3 both up; layer 0 opposite but tiny
+    alignment = {"und": [0.10, 0.11, 0.20, 0.30, 0.40, 0.40], "gen": [0.10, 0.095, 0.15, 0.10, 0.20, 0.20]}
+    result = recommend_plan(conflict, alignment)
+    assert result["plan"] == "sttst"
+    why = [layer["why"] for layer in result["layers"]]
+    assert "gradients conflict" in why[1] and "alignment diverges" in why[2] and why[4] == "per task already"
+    assert recommend_plan(conflict, alignment, noise=0.1)["plan"] == "stsst"  # a larger noise floor reads no move

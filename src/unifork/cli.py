@@ -179,11 +179,14 @@ def _cmd_conflict(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from unifork.analysis.conflict import task_conflict
+    from unifork.analysis.model_alignment import model_alignment
     from unifork.analysis.plot import plot_conflict
+    from unifork.analysis.recommend import recommend_plan
+    from unifork.model.sharing import describe
     from unifork.atomic import atomic_write_text
     from unifork.inference.pipeline import Pipeline
 
-    for flag, value in (("--n-batches", args.n_batches), ("--batch-size", args.batch_size)):
+    for flag, value in (("--n-batches", args.n_batches), ("--batch-size", args.batch_size), ("--align-samples", args.align_samples)):
         if value < 2:
             raise UserError(f"{flag} must be at least 2 (an interval needs two batches; a batch, a row per task), got {value}")
     pipeline = Pipeline.from_pretrained(args.ckpt, device=args.device)
@@ -191,6 +194,9 @@ def _cmd_conflict(args: argparse.Namespace) -> None:
         raise UserError(f"{args.ckpt} holds only the {pipeline.model.tasks[0]} branch; task conflict needs both")
     result = task_conflict(pipeline.model, pipeline.image_tokenizer, pipeline.builder, n_batches=args.n_batches,
                            batch_size=args.batch_size, seed=args.seed) | {"ckpt": str(args.ckpt)}  # fmt: skip
+    alignment = model_alignment(pipeline, n=args.align_samples, k=min(10, args.align_samples - 1))
+    result["alignment"] = {key: alignment[key] for key in ("k", "n_samples", "chance", "und", "gen")}
+    result["recommendation"] = recommend_plan(result, alignment)
     atomic_write_text(Path(args.out), json.dumps(result, indent=2))
     if args.plot:
         plot_conflict(result, args.plot)
@@ -201,6 +207,10 @@ def _cmd_conflict(args: argparse.Namespace) -> None:
                   f"|und| / |gen| {ratio['mean']:.2f}")  # fmt: skip
         else:
             print(f"layer {layer['layer']}: per task")
+    plan = result["recommendation"]["plan"]
+    print(f"recommended sharing plan: {plan} ({describe(plan)}); analysis/recommend.py has the rule, the JSON each layer's reason")
+    if pipeline.model.cfg.plan != "s" * len(plan):
+        print("note: the rule is meant for a fully shared model; this one's per-task layers stay per task")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 
@@ -398,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--n-batches", type=int, default=8, help="joint training batches averaged over")
     cf.add_argument("--batch-size", type=int, default=32, help="rows per batch, half of each task")
     cf.add_argument("--seed", type=int, default=0, help="world seed of the train-split scenes")
+    cf.add_argument("--align-samples", type=int, default=256, help="scenes for the alignment curves the recommendation also reads")
     cf.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     cf.set_defaults(func=_cmd_conflict)
 
