@@ -58,7 +58,8 @@ def run_study(out: str | Path, quick: bool = False, plans: tuple[str, ...] | Non
                              model=configs[name])  # fmt: skip
             result = _train_and_evaluate(recipe, out, results_dir, preset, fingerprint, progress)
             results.append(result | {"label": name})
-    return write_summary(results_dir, preset, base, results, recommendation)
+            study = write_summary(results_dir, preset, base, results, recommendation)  # a cut run keeps a current one
+    return study
 
 
 def _tokenizer(recipe, out: Path, tokenizer_dir, progress: bool) -> Path:
