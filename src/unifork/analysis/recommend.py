@@ -1,6 +1,6 @@
 """A sharing plan proposed from a model's per-layer curves: split where the tasks pull apart, share elsewhere.
 
-The rule, fixed before the study that tests it (docs/results/study.md), for each layer i of a fully shared model:
+The rule, fixed before the study that tests it (docs/results/study/), for each layer i of a fully shared model:
 
     per task  if the 95% interval of its gradient cosine (analysis/conflict.py) lies wholly below 0, so the two
               losses measurably push the layer opposite ways (Uni-X's signal), or
@@ -38,5 +38,5 @@ def recommend_plan(conflict: dict, alignment: dict, noise: float = ALIGNMENT_NOI
             reasons.append(f"alignment diverges (und {und:+.3f}, gen {gen:+.3f})")
         layers.append({"layer": i, "plan": PER_TASK if reasons else SHARED,
                        "why": "; ".join(reasons) or "gradients and alignment agree"})  # fmt: skip
-    return {"plan": "".join(layer["plan"] for layer in layers), "rule": __doc__.split("\n\n")[1].strip(),
+    return {"plan": "".join(layer["plan"] for layer in layers), "rule": "\n\n".join(__doc__.split("\n\n")[1:3]),
             "alignment_noise": noise, "layers": layers}  # fmt: skip
