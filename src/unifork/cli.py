@@ -90,7 +90,6 @@ def _cmd_ask(args: argparse.Namespace) -> None:
 
 def _cmd_fork_hf(args: argparse.Namespace) -> None:
     from unifork.hf import fork_hf
-
     from unifork.model.sharing import describe
 
     info = fork_hf(args.model, args.fork_layer, args.out, image_tokenizer_dir=args.image_tokenizer,
@@ -182,13 +181,15 @@ def _cmd_conflict(args: argparse.Namespace) -> None:
     from unifork.analysis.model_alignment import model_alignment
     from unifork.analysis.plot import plot_conflict
     from unifork.analysis.recommend import recommend_plan
-    from unifork.model.sharing import describe
     from unifork.atomic import atomic_write_text
     from unifork.inference.pipeline import Pipeline
+    from unifork.model.sharing import describe
 
-    for flag, value in (("--n-batches", args.n_batches), ("--batch-size", args.batch_size), ("--align-samples", args.align_samples)):
+    for flag, value in (("--n-batches", args.n_batches), ("--batch-size", args.batch_size)):
         if value < 2:
             raise UserError(f"{flag} must be at least 2 (an interval needs two batches; a batch, a row per task), got {value}")
+    if args.align_samples < 2:
+        raise UserError(f"--align-samples must be at least 2 (a scene needs a neighbour), got {args.align_samples}")
     pipeline = Pipeline.from_pretrained(args.ckpt, device=args.device)
     if len(pipeline.model.tasks) < 2:
         raise UserError(f"{args.ckpt} holds only the {pipeline.model.tasks[0]} branch; task conflict needs both")
