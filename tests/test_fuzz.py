@@ -16,7 +16,8 @@ from PIL import Image
 
 from unifork.errors import UserError
 from unifork.images import fit_image
-from unifork.inference.sampler import MAX_IMAGES, check_images, sample_next
+from unifork.inference.draws import sample_next
+from unifork.inference.sampler import MAX_IMAGES, check_images
 from unifork.inference.settings import SamplingSettings
 from unifork.tokenizers.text import SPECIAL_TOKENS, TextTokenizer
 from unifork.world.captions import RELATION_PHRASES

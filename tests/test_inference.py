@@ -11,14 +11,9 @@ from PIL import Image
 from unifork.cli import main
 from unifork.errors import UserError
 from unifork.inference import Pipeline, answer_questions, sample_image_codes
-from unifork.inference.sampler import (
-    CodeRequest,
-    decode_one,
-    filter_logits,
-    prefill,
-    sample_codes_per_request,
-    sample_next,
-)
+from unifork.inference.decoding import decode_one, prefill
+from unifork.inference.draws import filter_logits, sample_next
+from unifork.inference.sampler import CodeRequest, sample_codes_per_request
 from unifork.inference.settings import DEFAULT_CFG_SCALE, SamplingSettings
 from unifork.model.unifork import CODE, IGNORE, TEXT
 from unifork.sequences import Example

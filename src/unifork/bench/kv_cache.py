@@ -12,7 +12,8 @@ import torch
 
 from unifork.bench.timing import interleaved, versus
 from unifork.bench.workload import world_text
-from unifork.inference.sampler import CodeRequest, Step, cached_decoding, sample_codes_per_request
+from unifork.inference.decoding import Step, cached_decoding
+from unifork.inference.sampler import CodeRequest, sample_codes_per_request
 from unifork.inference.settings import DEFAULTS
 from unifork.model.unifork import Batch, UniFork
 from unifork.sequences import SequenceBuilder

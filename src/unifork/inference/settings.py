@@ -16,7 +16,8 @@ from unifork.errors import UserError, param
 
 DEFAULT_CFG_SCALE = 2.0  # the middle of the plateau on the exact rule over three checkpoints: docs/results/guidance_sweep.md
 DEFAULT_IMAGES = 4  # images per prompt where a caller does not say
-DEFAULT_ANSWER_TOKENS = 32  # longest answer; the shapes world's answers are a few words
+DEFAULT_ANSWER_TOKENS = 32
+MAX_SPECULATIVE_WINDOW = 64  # drafts hold a distribution each: images x window x code vocabulary floats  # longest answer; the shapes world's answers are a few words
 
 _TESTS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<=")}
 
@@ -46,6 +47,9 @@ class SamplingSettings:
     top_k: int = _setting(0, "sample among the k most likely codes (0 = off)", ge=0)
     # Nucleus sampling (Holtzman et al., arXiv 1904.09751)
     top_p: float = _setting(1.0, "nucleus sampling mass (1 = off)", gt=0, le=1)
+    # Speculative Jacobi decoding (Teng et al., arXiv 2410.01699): the same distribution in fewer forward passes
+    speculative: int = _setting(0, "speculative Jacobi decoding: image codes drafted per forward pass (0 = off)",
+                                ge=0, le=MAX_SPECULATIVE_WINDOW)
 
     def __post_init__(self):
         for f in fields(self):

@@ -176,8 +176,8 @@ class UniFork(nn.Module):
         return torch.stack([t, row, col])
 
     def decode_positions(self, next_position: torch.Tensor, next_cell: torch.Tensor, kind: int) -> torch.Tensor:
-        """Positions of one new token per row: `next_position` (B, 1) is the next text index, or with rope_2d
-        the start of the image a CODE token fills (its cell `next_cell` gives row and column)."""
+        """Positions of new tokens, (B, T): `next_position` holds their text indices, or with rope_2d the start of
+        the image the CODE tokens fill (their cells `next_cell` give row and column)."""
         if not self.cfg.rope_2d:
             return next_position
         if kind != CODE:
