@@ -190,6 +190,8 @@ CASES = [
     ("top_p zero", gen("--top-p", "0"), r"^error: --top-p "),
     ("top_p tiny", gen("--top-p", "1e-300"), OK),  # 0 in float32: used to drop every token
     ("top_k negative", gen("--top-k", "-1"), r"^error: --top-k "),
+    ("speculative window negative", gen("--speculative", "-2"), r"^error: --speculative "),
+    ("speculative window past the image", gen("--speculative", "64"), OK),  # clamped to the codes left
     ("top_k huge", gen("--top-k", str(2**70)), OK),  # at or above the vocabulary: off
     ("n zero", gen("--n", "0"), r"^error: --n \(the number of images\)"),
     ("n huge", gen("--n", "1000000"), r"^error: --n \(the number of images\)"),

@@ -170,6 +170,7 @@ BAD_REQUESTS = {
     "top_p zero": ("generate", {"json": {"prompt": "a", "top_p": 0}}, 422, "top_p"),
     "top_p over one": ("generate", {"json": {"prompt": "a", "top_p": 1.5}}, 422, "top_p"),
     "top_k negative": ("generate", {"json": {"prompt": "a", "top_k": -1}}, 422, "top_k"),
+    "speculative window too large": ("generate", {"json": {"prompt": "a", "speculative": 65}}, 422, "speculative"),
     "seed negative": ("generate", {"json": {"prompt": "a", "seed": -1}}, 422, "seed"),
     "seed beyond 2^53": ("generate", {"json": {"prompt": "a", "seed": 2**60}}, 422, "seed"),
     "prompt missing": ("generate", {"json": {"n": 1}}, 422, "prompt"),
@@ -284,7 +285,7 @@ def test_gradio_client_generates_through_the_same_engine(url):
 
     client = Client(f"{url}/ui/", verbose=False, download_files=True)
     try:
-        gallery, seed = client.predict("two red circles", 2, 3.0, 1.0, 0, 1.0, 7, api_name="/generate")
+        gallery, seed = client.predict("two red circles", 2, 3.0, 1.0, 0, 1.0, 0, 7, api_name="/generate")
     finally:
         client.close()  # its heartbeat stream would hold the server's shutdown
     assert seed == 7 and len(gallery) == 2

@@ -164,6 +164,7 @@ BODIES = [
     {"prompt": "a blue square to the left of a green triangle", "n": 1, "cfg": 1.0, "temperature": 0.8, "top_k": 50,
      "top_p": 0.9, "seed": 7},
     {"prompt": "", "n": 3, "cfg": 5.0, "temperature": 1.2, "top_p": 0.95, "seed": 9},
+    {"prompt": "a small orange cross", "n": 2, "speculative": 6, "seed": 3},
 ]  # fmt: skip
 
 
@@ -172,7 +173,7 @@ def test_batched_requests_get_the_images_the_pipeline_draws(pipe):
     batched = ModelRunner(pipe).generate(works)
     for body, images in zip(BODIES, batched):
         settings = {"cfg_scale": body.get("cfg", DEFAULT_CFG_SCALE)}  # an omitted cfg is the library default
-        settings.update({k: body[k] for k in ("n", "temperature", "top_k", "top_p") if k in body})
+        settings.update({k: body[k] for k in ("n", "temperature", "top_k", "top_p", "speculative") if k in body})
         reference = pipe.generate(body["prompt"], seed=body["seed"], **settings)
         assert len(images) == len(reference) == body.get("n", DEFAULT_IMAGES)
         assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, reference))

@@ -68,7 +68,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         raise UserError(f"--out must be a PNG file path, but {out} is a directory")
     pipe = Pipeline.from_pretrained(args.ckpt, task="gen", device=args.device)
     images = pipe.generate(args.prompt, n=args.n, cfg_scale=args.cfg_scale, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
+                           top_k=args.top_k, top_p=args.top_p, speculative=args.speculative, seed=args.seed)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(out, format="PNG")
     print(f"wrote a grid of {len(images)} images to {out}")
@@ -253,7 +253,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from unifork.inference.settings import SamplingSettings
 
     settings = EvalSettings(suite=args.suite, images_per_prompt=args.images_per_prompt,
-                            prompts_per_category=args.prompts_per_category, sampling=SamplingSettings(cfg_scale=args.cfg_scale),
+                            prompts_per_category=args.prompts_per_category, sampling=SamplingSettings(cfg_scale=args.cfg_scale, speculative=args.speculative),
                             vqa_scenes=args.vqa_scenes, seed=args.seed, device=args.device,
                             inception_weights=args.inception_weights, digits=args.digits)  # fmt: skip
     result = run_eval(args.ckpt, args.out, settings)
@@ -279,7 +279,8 @@ def _cmd_loadtest(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
-SAMPLING_FLAGS = {"cfg_scale": "--cfg", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p"}
+SAMPLING_FLAGS = {"cfg_scale": "--cfg", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+                  "speculative": "--speculative"}  # fmt: skip
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -351,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
     gen.add_argument("--prompt", required=True, help="caption to draw (not empty), e.g. 'two red circles'")
     gen.add_argument("--n", type=int, default=DEFAULT_IMAGES, help="number of images; default %(default)s")
-    _add_sampling_arguments(gen, "cfg_scale", "temperature", "top_k", "top_p")
+    _add_sampling_arguments(gen, "cfg_scale", "temperature", "top_k", "top_p", "speculative")
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
     gen.add_argument("--out", required=True, help="output PNG: all images in a grid with 2 px white gaps")
     gen.add_argument("--save-dir", default=None, help="also write each image as DIR/000.png, 001.png, ...")
@@ -437,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="images sampled per ShapeEval prompt (GenEval uses 4); default %(default)s")
     ev.add_argument("--prompts-per-category", type=int, default=EVAL.prompts_per_category,
                     help="ShapeEval prompts in each of the six categories; default %(default)s")
-    _add_sampling_arguments(ev, "cfg_scale")
+    _add_sampling_arguments(ev, "cfg_scale", "speculative")
     ev.add_argument("--vqa-scenes", type=int, default=EVAL.vqa_scenes,
                     help="scenes per VQA split (test, held-out compositions); default %(default)s")
     ev.add_argument("--seed", type=int, default=0, help="seed of prompts, sampling and scenes (same seed, same result)")

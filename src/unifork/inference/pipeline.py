@@ -37,20 +37,22 @@ class Pipeline:
 
     def generate_codes(self, prompt: str, n: int = DEFAULT_IMAGES, cfg_scale: float = DEFAULTS.cfg_scale,
                        temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
-                       top_p: float = DEFAULTS.top_p, seed: int = 0) -> torch.Tensor:  # fmt: skip
+                       top_p: float = DEFAULTS.top_p, speculative: int = DEFAULTS.speculative,
+                       seed: int = 0) -> torch.Tensor:  # fmt: skip
         """Image codes (n, image_tokens) for one prompt; the same seed gives the same codes."""
         check_images(n)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
             raise UserError(f"{param('seed')} must be an integer in [0, 2**63), got {seed}")
-        settings = SamplingSettings(cfg_scale, temperature, top_k, top_p)
+        settings = SamplingSettings(cfg_scale, temperature, top_k, top_p, speculative)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return sample_image_codes(self.model, self.builder, [prompt] * n, settings, generator)
 
     def generate(self, prompt: str, n: int = DEFAULT_IMAGES, cfg_scale: float = DEFAULTS.cfg_scale,
                  temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
-                 top_p: float = DEFAULTS.top_p, seed: int = 0) -> list[Image.Image]:  # fmt: skip
+                 top_p: float = DEFAULTS.top_p, speculative: int = DEFAULTS.speculative,
+                 seed: int = 0) -> list[Image.Image]:  # fmt: skip
         """n RGB images for one prompt (settings: unifork.inference.settings); the same seed gives the same images."""
-        codes = self.generate_codes(prompt, n, cfg_scale, temperature, top_k, top_p, seed)
+        codes = self.generate_codes(prompt, n, cfg_scale, temperature, top_k, top_p, speculative, seed)
         return self.decode_codes(codes)
 
     def decode_codes(self, codes: torch.Tensor) -> list[Image.Image]:

@@ -27,7 +27,7 @@ class GenerateWork:
     def from_request(cls, body: GenerateRequest) -> GenerateWork:
         """A request without a seed gets a random one, returned to the client so it can ask again."""
         seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        return cls(body.prompt, body.n, SamplingSettings(body.cfg, body.temperature, body.top_k, body.top_p), seed)
+        return cls(body.prompt, body.n, SamplingSettings(body.cfg, body.temperature, body.top_k, body.top_p, body.speculative), seed)
 
 
 @dataclass(frozen=True)

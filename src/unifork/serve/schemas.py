@@ -49,6 +49,7 @@ class GenerateRequest(BaseModel):
     temperature: float = _sampling_field("temperature", le=MAX_TEMPERATURE)
     top_k: int = _sampling_field("top_k", le=MAX_TOP_K)
     top_p: float = _sampling_field("top_p")
+    speculative: int = _sampling_field("speculative")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same request and seed, same images; omitted: random")
 
     @field_validator("prompt")

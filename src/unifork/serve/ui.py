@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 from pydantic import ValidationError
 
-from unifork.inference.settings import DEFAULT_IMAGES, DEFAULTS
+from unifork.inference.settings import DEFAULT_IMAGES, DEFAULTS, MAX_SPECULATIVE_WINDOW
 from unifork.model.sharing import describe
 from unifork.serve.engine import Engine
 from unifork.serve.errors import (
@@ -71,16 +71,18 @@ def _generate_tab(engine: Engine, runner: ModelRunner, generated: gr.State) -> g
         vocab = runner.info()["config"]["image_vocab_size"]
         top_k = gr.Slider(0, vocab, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
         top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.05, label="Top-p (1 = off)")
+        speculative = gr.Slider(0, MAX_SPECULATIVE_WINDOW, value=DEFAULTS.speculative, step=1,
+                                label="Speculative window (0 = off)")
         seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="seed")
     button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     gallery = gr.Gallery(label="Images", columns=4, format="png", elem_id="gallery", interactive=False)
     gr.Markdown("Click an image to ask about it in the Ask tab.")
     seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="seed-used")
 
-    async def generate(prompt, n, cfg, temperature, top_k, top_p, seed):
+    async def generate(prompt, n, cfg, temperature, top_k, top_p, speculative, seed):
         try:
             body = GenerateRequest(prompt=prompt or "", n=int(n), cfg=float(cfg), temperature=float(temperature),
-                                   top_k=int(top_k), top_p=float(top_p),
+                                   top_k=int(top_k), top_p=float(top_p), speculative=int(speculative),
                                    seed=None if seed is None or seed < 0 else int(seed))  # fmt: skip
         except ValidationError as err:
             first = err.errors()[0]
@@ -94,7 +96,7 @@ def _generate_tab(engine: Engine, runner: ModelRunner, generated: gr.State) -> g
         images = job.future.result()
         return images, images, work.seed
 
-    inputs, outputs = [prompt, n, cfg, temperature, top_k, top_p, seed], [gallery, generated, seed_used]
+    inputs, outputs = [prompt, n, cfg, temperature, top_k, top_p, speculative, seed], [gallery, generated, seed_used]
     button.click(generate, inputs, outputs, api_name="generate", concurrency_limit=None)
     prompt.submit(generate, inputs, outputs, api_visibility="private", concurrency_limit=None)
     return gallery
