@@ -23,7 +23,7 @@ from unifork.inference.settings import SamplingSettings
 from unifork.sequences import SequenceBuilder
 
 HEADLINES = ("kv_cache_speedup", "hf_generate_speedup", "fork_step_ratio", "mixed_batch_ratio", "mfu",
-             "task_only_memory_ratio")  # fmt: skip
+             "task_only_memory_ratio", "speculative_speedup", "speculative_steps_ratio")  # fmt: skip
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -115,15 +115,19 @@ def test_settings_refuse_unknown_sizes_and_no_repeats():
 
 
 @pytest.mark.slow
-def test_bench_cli_writes_every_figure(tmp_path, capsys):
+def test_bench_cli_writes_every_figure(tmp_path, capsys, ckpt):
     pytest.importorskip("transformers")
     out = tmp_path / "bench.json"
-    assert main(["bench", "--size", "debug", "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+    args = ["bench", "--size", "debug", "--repeats", "1", "--threads", "1", "--ckpt", str(ckpt), "--out", str(out)]
+    assert main(args) == 0
     result = json.loads(out.read_text())
     for name in HEADLINES:
         assert math.isfinite(result[name]) and result[name] > 0, name
-    assert set(result["targets"]) == {"kv_cache_speedup", "hf_generate_speedup", "fork_step_ratio", "mfu"}
-    assert set(result["details"]) == {"kv_cache", "hf_generate", "fork_step", "mfu", "memory"}
+    assert set(result["targets"]) == {"kv_cache_speedup", "hf_generate_speedup", "fork_step_ratio", "mfu",
+                                      "speculative_speedup"}  # fmt: skip
+    assert set(result["details"]) == {"kv_cache", "hf_generate", "fork_step", "mfu", "memory", "speculative"}
+    speculative = result["details"]["speculative"]
+    assert speculative["weights"] == str(ckpt) and speculative["batch_1"]["forward_passes"]["plain"]["median"] == 16
     assert result["details"]["kv_cache"]["batch_8"]["recompute_s"]["values"]  # raw timings beside the ratio
     assert result["details"]["hf_generate"]["max_logit_diff"] < 1e-4
     loaded = result["details"]["memory"]["parameters"]["loaded"]

@@ -109,7 +109,8 @@ def _cmd_export_hf(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     from unifork.bench import bench_settings, run_bench, summary_lines
 
-    result = run_bench(args.out, bench_settings(quick=args.quick, size=args.size, repeats=args.repeats), threads=args.threads)
+    settings = bench_settings(quick=args.quick, size=args.size, repeats=args.repeats)
+    result = run_bench(args.out, settings, threads=args.threads, ckpt=args.ckpt)
     print("\n".join(summary_lines(result)))
     print(f"wrote {args.out}")
 
@@ -389,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--quick", action="store_true", help="model 'small', fewer repeats: about 3 minutes on 2 CPU cores")
     bn.add_argument("--size", default=None, help="model size: tiny | small | base (default: base; quick: small)")
     bn.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
+    bn.add_argument("--ckpt", default=None,
+                    help="checkpoint whose gen branch figure 6 (speculative decoding) samples from: how many drafts "
+                         "a pass keeps depends on trained weights (default: the bench's random model)")  # fmt: skip
     bn.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)  # tests: fewer timed rounds
     bn.set_defaults(func=_cmd_bench)
 

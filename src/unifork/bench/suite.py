@@ -19,10 +19,12 @@ from unifork.atomic import atomic_write_text
 from unifork.bench.hf_generate import hf_generate_figure
 from unifork.bench.kv_cache import kv_cache_figure
 from unifork.bench.memory import memory_figure
+from unifork.bench.speculative import speculative_figure
 from unifork.bench.timing import machine_info
 from unifork.bench.training import training_figures
 from unifork.bench.workload import bench_config, bench_model, bench_tokenizer
 from unifork.errors import UserError, param
+from unifork.inference.settings import SPECULATIVE_WINDOW
 from unifork.model.config import SIZES
 from unifork.sequences import SequenceBuilder
 
@@ -37,6 +39,7 @@ class BenchSettings:
     train_rows: int = 16  # figures 3 and 4: half understanding, half generation
     matmul_size: int = 2048  # figure 4: the square matmul that measures the machine's fp32 FLOP/s
     memory_repeats: int = 3  # figure 5: fresh processes per loading mode
+    speculative_window: int = SPECULATIVE_WINDOW  # figure 6: drafts per forward pass
 
 
 # The MFU target is for `base` (d_model 512); quick runs `small` to finish in about 3 minutes on 2 cores.
@@ -47,7 +50,9 @@ MODES = {
 
 # headline -> (comparison, target), from the performance issue; memory has no target, only its ideal (the weights).
 TARGETS = {"kv_cache_speedup": (">=", 5.0), "hf_generate_speedup": (">=", 1.5), "fork_step_ratio": ("<=", 1.05),
-           "mfu": (">=", 0.35)}  # fmt: skip
+           "mfu": (">=", 0.35), "speculative_speedup": (">=", 1.5)}  # fmt: skip
+HEADLINES = ("kv_cache_speedup", "hf_generate_speedup", "fork_step_ratio", "mixed_batch_ratio", "mfu",
+             "task_only_memory_ratio", "speculative_speedup", "speculative_steps_ratio")  # fmt: skip
 
 
 def bench_settings(quick: bool = False, size: str | None = None, repeats: int | None = None) -> BenchSettings:
@@ -64,8 +69,10 @@ def bench_settings(quick: bool = False, size: str | None = None, repeats: int | 
     return settings
 
 
-def run_bench(out: str | Path, settings: BenchSettings, threads: int | None = None, log=print) -> dict:
-    """Measure every figure, write the JSON to `out` and return it."""
+def run_bench(out: str | Path, settings: BenchSettings, threads: int | None = None, ckpt: str | Path | None = None,
+              log=print) -> dict:  # fmt: skip
+    """Measure every figure, write the JSON to `out` and return it; figure 6 samples from `ckpt`'s gen branch when
+    given (its acceptance depends on trained weights), else from the bench's random model."""
     if threads is not None:
         if threads < 1:
             raise UserError(f"{param('threads')} must be at least 1, got {threads}")
@@ -77,14 +84,22 @@ def run_bench(out: str | Path, settings: BenchSettings, threads: int | None = No
     model = bench_model(cfg)
     s = settings
     log(f"bench: model '{s.size}' (d_model {cfg.d_model}, {cfg.n_layers} layers), {torch.get_num_threads()} threads")
-    log("1/5 sampling: KV cache against full recompute")
+    log("1/6 sampling: KV cache against full recompute")
     kv = kv_cache_figure(model, builder, s.batch_sizes, s.repeats, s.warmup)
-    log("2/5 text decoding: ours against Hugging Face generate")
+    log("2/6 text decoding: ours against Hugging Face generate")
     hf = hf_generate_figure(model, builder, s.batch_sizes, s.new_text_tokens, s.repeats, s.warmup)
-    log("3-4/5 training step: Y-fork against fully shared, mixed against per-task batches, MFU")
+    log("3-4/6 training step: Y-fork against fully shared, mixed against per-task batches, MFU")
     fork, mfu = training_figures(cfg, builder, s.train_rows, s.matmul_size, s.repeats, s.warmup)
-    log("5/5 memory: full against task-only loading, fresh processes")
+    log("5/6 memory: full against task-only loading, fresh processes")
     memory = memory_figure(cfg, s.memory_repeats)
+    log("6/6 sampling: speculative Jacobi decoding against plain decoding")
+    if ckpt is not None:
+        from unifork.inference.pipeline import Pipeline
+
+        pipe = Pipeline.from_pretrained(ckpt, task="gen")
+        spec = speculative_figure(pipe.model, pipe.builder, s.batch_sizes, s.speculative_window, s.repeats, s.warmup, str(ckpt))
+    else:
+        spec = speculative_figure(model, builder, s.batch_sizes, s.speculative_window, s.repeats, s.warmup, "random")
     result = {
         "kv_cache_speedup": kv["speedup"],
         "hf_generate_speedup": hf["speedup"],
@@ -92,10 +107,13 @@ def run_bench(out: str | Path, settings: BenchSettings, threads: int | None = No
         "mixed_batch_ratio": fork["mixed_vs_separate"]["median"],
         "mfu": mfu["mfu"]["median"],
         "task_only_memory_ratio": memory["ratio"]["median"],
+        "speculative_speedup": spec["speedup"],
+        "speculative_steps_ratio": spec["steps_ratio"],
     }
     result["targets"] = {name: {"target": f"{op} {bound}", "met": _met(result[name], op, bound)}
                          for name, (op, bound) in TARGETS.items()}  # fmt: skip
-    result["details"] = {"kv_cache": kv, "hf_generate": hf, "fork_step": fork, "mfu": mfu, "memory": memory}
+    result["details"] = {"kv_cache": kv, "hf_generate": hf, "fork_step": fork, "mfu": mfu, "memory": memory,
+                         "speculative": spec}  # fmt: skip
     result["machine"] = machine | {"load_average_at_end": list(os.getloadavg())}
     result["settings"] = asdict(settings) | {"model": asdict(cfg)}
     result["wall_seconds"] = time.perf_counter() - start
@@ -112,8 +130,7 @@ def _met(value: float, op: str, bound: float) -> bool:
 def summary_lines(result: dict) -> list[str]:
     """One line per headline, with its spread where it has one and its target."""
     lines = []
-    for name in ("kv_cache_speedup", "hf_generate_speedup", "fork_step_ratio", "mixed_batch_ratio", "mfu",
-                 "task_only_memory_ratio"):  # fmt: skip
+    for name in HEADLINES:
         target = result["targets"].get(name)
         verdict = f"  (target {target['target']}: {'met' if target['met'] else 'NOT met'})" if target else ""
         lines.append(f"{name:24s} {result[name]:8.3f}{verdict}")

@@ -17,6 +17,7 @@ from unifork.errors import UserError, param
 DEFAULT_CFG_SCALE = 2.0  # the middle of the plateau on the exact rule over three checkpoints: docs/results/guidance_sweep.md
 DEFAULT_IMAGES = 4  # images per prompt where a caller does not say
 DEFAULT_ANSWER_TOKENS = 32
+SPECULATIVE_WINDOW = 16  # drafts per pass where speculative decoding is asked for by name (the bench, the demo)
 MAX_SPECULATIVE_WINDOW = 64  # drafts hold a distribution each: images x window x code vocabulary floats  # longest answer; the shapes world's answers are a few words
 
 _TESTS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<=")}
