@@ -80,9 +80,14 @@ def test_flop_count_equals_torchs_count_of_the_matmuls(model, builder):
     model.eval()
     flops = train_step_flops(model.cfg, batch)
     assert flops["matmul"] == counter.get_total_flops()
-    b, t = batch.tokens.shape
-    assert flops["attention"] == 12 * model.cfg.n_layers * b * t * t * model.cfg.d_model
+    widths = {task: int(batch.valid[batch.task == task].sum(-1).max()) for task in (0, 1)}  # rows run per task
+    squares = sum(int((batch.task == task).sum()) * w**2 for task, w in widths.items())
+    assert max(widths.values()) == batch.tokens.shape[1] > min(widths.values())  # so the count means something
+    assert flops["attention"] == 12 * model.cfg.n_layers * squares * model.cfg.d_model
     assert flops["total"] == flops["matmul"] + flops["attention"]
+    useful = flops["useful"]
+    assert useful["attention"] == 12 * model.cfg.n_layers * int((batch.valid.sum(-1) ** 2).sum()) * model.cfg.d_model
+    assert useful["layers"] < flops["layers"] and useful["heads"] == flops["heads"]
 
 
 def test_hf_twin_is_our_und_path_and_generates_the_asked_length(model, builder):

@@ -176,6 +176,33 @@ def test_mixed_batch_routes_each_row_to_its_branch(tok, texts, sharing):
             torch.testing.assert_close(together[task], expected, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("sharing", PLANS)
+def test_mixed_step_gradients_equal_the_padded_steps(tok, texts, sharing):
+    """Each task's rows run at their own width; the gradients equal those of every row padded to the longest."""
+    cfg = config(tok, sharing)
+    model, builder = build(cfg), SequenceBuilder(tok, cfg)
+    mixed = builder.collate([*gen_examples(builder, texts, [0, 1]), *und_examples(builder, texts, [0, 1])])
+    gen_width = int(mixed.valid[mixed.task == TASK_ID["gen"]].sum(-1).max())
+    assert gen_width < mixed.tokens.shape[1]  # generation rows are shorter: a padded step would pad them
+
+    def gradients(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    grouped = gradients(model(mixed)["loss"])
+    padded_loss = 0
+    for task in ("und", "gen"):
+        rows = mixed.task == TASK_ID[task]
+        targets = mixed.targets[rows]
+        logits = model.logits(task, mixed)[rows][targets != IGNORE]
+        padded_loss = padded_loss + torch.nn.functional.cross_entropy(logits, targets[targets != IGNORE])
+    padded = gradients(padded_loss)
+    assert grouped.keys() == padded.keys()
+    for name in grouped:
+        torch.testing.assert_close(grouped[name], padded[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 # ---------------------------------------------------------------- parameter counts
 
 

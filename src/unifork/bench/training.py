@@ -72,8 +72,9 @@ def training_figures(cfg: ModelConfig, builder: SequenceBuilder, rows: int, matm
         "ratio_cpu_time": pairwise_ratio(t.cpu["y_fork"], t.cpu["shared"]),
         "mixed_vs_separate": pairwise_ratio(t.wall["y_fork"], t.wall["separate"]),
         "rows": rows,
-        # positions computed, padding included: a mixed batch pads generation rows to the understanding length
-        "tokens_per_step": {"mixed": mixed.tokens.numel(), "separate": sum(b.tokens.numel() for b in separate)},
+        # positions in the collated batches (padding included) and real tokens
+        "tokens_per_step": {"mixed": mixed.tokens.numel(), "separate": sum(b.tokens.numel() for b in separate),
+                            "real": int(mixed.valid.sum())},
         "fork_layer": cfg.fork_layer,
         "n_layers": cfg.n_layers,
         "parameters": {"y_fork": y_fork.param_counts()["total"], "shared": shared.param_counts()["total"]},
@@ -88,10 +89,11 @@ def training_figures(cfg: ModelConfig, builder: SequenceBuilder, rows: int, matm
     flops = train_step_flops(cfg, mixed)
     matmul_flops = calls * 2 * matmul_size**3
     mfu = {
-        "mfu": pairwise_ratio(t.wall["matmul"], t.wall["y_fork"], scale=flops["total"] / matmul_flops),
-        "mfu_cpu_time": pairwise_ratio(t.cpu["matmul"], t.cpu["y_fork"], scale=flops["total"] / matmul_flops),
+        # credited on real tokens only: padding is work the machine does, not work the step needs
+        "mfu": pairwise_ratio(t.wall["matmul"], t.wall["y_fork"], scale=flops["useful"]["total"] / matmul_flops),
+        "mfu_cpu_time": pairwise_ratio(t.cpu["matmul"], t.cpu["y_fork"], scale=flops["useful"]["total"] / matmul_flops),
         "step_flops": flops,
-        "step_tflops_per_s": flops["total"] / times["y_fork"]["median"] / 1e12,
+        "step_tflops_per_s": flops["useful"]["total"] / times["y_fork"]["median"] / 1e12,
         "matmul_size": matmul_size,
         "matmuls_per_round": calls,
         "matmul_tflops_per_s": matmul_flops / times["matmul"]["median"] / 1e12,

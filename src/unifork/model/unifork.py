@@ -82,6 +82,12 @@ def attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
     return (mask | (k_index == q_index)).unsqueeze(1)
 
 
+def task_columns(batch: Batch, rows: torch.Tensor) -> slice:
+    """The columns that hold every token of these rows: the last W, W their longest row (batches are left-padded)."""
+    width = int(batch.valid[rows].sum(-1).max())
+    return slice(batch.tokens.shape[1] - width, batch.tokens.shape[1])
+
+
 class Trunk(nn.Module):
     """Embeddings of every input kind plus the shared layers, in layer order."""
 
@@ -191,39 +197,29 @@ class UniFork(nn.Module):
         return x
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Mixed-task training forward: shared layers run once over all rows, per-task layers over their task's rows.
+        """Mixed-task training forward: each task's rows run that task's path, cut to their own longest row.
 
-        Rows are grouped by task first, so a per-task layer runs on a contiguous slice and a shared layer after it
-        on their concatenation. Returns the mean next-token cross-entropy of each task present, and their sum as
-        "loss".
+        A shared layer is one block on both paths, so it gets the gradients of both tasks' losses; but no row
+        attends to another, so each task's rows can run apart, at their own width (task_columns). A batch that ran
+        every layer on all rows padded the generation rows to the longer understanding rows: 23% of a step at size
+        base, all of it padding (docs/performance.md). Returns the mean next-token cross-entropy of each task
+        present, and their sum as "loss".
         """
-        order = batch.task.argsort(stable=True)
-        positions = self.rope_positions(batch)[..., order, :]
-        mask = attention_mask(batch.valid, batch.tokens.shape[1])[order]
-        h, targets, task_of_row = self.trunk.embed(batch)[order], batch.targets[order], batch.task[order]
-        counts = torch.bincount(task_of_row, minlength=len(TASKS)).tolist()
-        # task -> its slice of the grouped rows
-        rows = {task: slice(sum(counts[: TASK_ID[task]]), sum(counts[: TASK_ID[task] + 1]))
-                for task in self.tasks if counts[TASK_ID[task]]}  # fmt: skip
-        layers = {task: self.path_layers(task) for task in rows}
-        any_path = next(iter(layers.values()))  # a shared layer is the same block on every path
-        parts = None  # per task, its rows' residual stream while inside per-task layers
-        for i, letter in enumerate(self.cfg.plan):
-            if letter == SHARED:
-                if parts is not None:
-                    h, parts = torch.cat(list(parts.values())), None
-                h = any_path[i](h, positions, mask, self.rotary, None)
-            else:
-                parts = parts or {task: h[r] for task, r in rows.items()}
-                parts = {task: layers[task][i](x, positions[..., rows[task], :], mask[rows[task]], self.rotary, None)
-                         for task, x in parts.items()}  # fmt: skip
+        positions = self.rope_positions(batch)
+        x = self.trunk.embed(batch)
         losses = {}
-        for task, r in rows.items():
+        for task in self.tasks:
+            rows = (batch.task == TASK_ID[task]).nonzero().squeeze(1)
+            if not len(rows):
+                continue
+            cols = task_columns(batch, rows)
+            valid, targets = batch.valid[rows, cols], batch.targets[rows, cols]
+            mask = attention_mask(valid, valid.shape[1])
+            h = self._run(self.path_layers(task), x[rows, cols], positions[..., rows, cols], mask, None)
             branch = self.branch(task)
-            hb = h[r] if parts is None else parts[task]
-            supervised = targets[r] != IGNORE
-            logits = branch.head(branch.norm(hb[supervised]))  # only where a loss applies: (N, V)
-            losses[task] = F.cross_entropy(logits.float(), targets[r][supervised])
+            supervised = targets != IGNORE
+            logits = branch.head(branch.norm(h[supervised]))  # only where a loss applies: (N, V)
+            losses[task] = F.cross_entropy(logits.float(), targets[supervised])
         losses["loss"] = sum(losses.values())
         return losses
 
