@@ -37,8 +37,8 @@ class Pipeline:
 
     def generate_codes(self, prompt: str, n: int = DEFAULT_IMAGES, cfg_scale: float = DEFAULTS.cfg_scale,
                        temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
-                       top_p: float = DEFAULTS.top_p, speculative: int = DEFAULTS.speculative,
-                       seed: int = 0) -> torch.Tensor:  # fmt: skip
+                       top_p: float = DEFAULTS.top_p, seed: int = 0,
+                       speculative: int = DEFAULTS.speculative) -> torch.Tensor:  # fmt: skip
         """Image codes (n, image_tokens) for one prompt; the same seed gives the same codes."""
         check_images(n)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
@@ -49,10 +49,10 @@ class Pipeline:
 
     def generate(self, prompt: str, n: int = DEFAULT_IMAGES, cfg_scale: float = DEFAULTS.cfg_scale,
                  temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k,
-                 top_p: float = DEFAULTS.top_p, speculative: int = DEFAULTS.speculative,
-                 seed: int = 0) -> list[Image.Image]:  # fmt: skip
+                 top_p: float = DEFAULTS.top_p, seed: int = 0,
+                 speculative: int = DEFAULTS.speculative) -> list[Image.Image]:  # fmt: skip
         """n RGB images for one prompt (settings: unifork.inference.settings); the same seed gives the same images."""
-        codes = self.generate_codes(prompt, n, cfg_scale, temperature, top_k, top_p, speculative, seed)
+        codes = self.generate_codes(prompt, n, cfg_scale, temperature, top_k, top_p, seed, speculative)
         return self.decode_codes(codes)
 
     def decode_codes(self, codes: torch.Tensor) -> list[Image.Image]:

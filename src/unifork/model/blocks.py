@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from unifork.model.config import ModelConfig
@@ -93,17 +92,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x, positions, mask, rotary: Rotary, cache: LayerCache | None = None):
-        """x (B, T, C); mask (B, 1, T, S) bool, True = may attend; S = T, or cached + T with a cache."""
-        q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.n_heads)
-        k = rearrange(self.k_proj(x), "b t (h d) -> b h t d", h=self.n_kv_heads)
-        v = rearrange(self.v_proj(x), "b t (h d) -> b h t d", h=self.n_kv_heads)
-        cos, sin = rotary.tables(positions)  # one gather per layer: q and k share positions
-        q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
+    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], mask, cache: LayerCache | None = None):
+        """x (B, T, C); rope: Rotary.tables of the positions; mask (B, 1, T, S) bool, True = may attend; S = T, or
+        cached + T with a cache."""
+        b, t, _ = x.shape
+        # view + transpose rather than einops.rearrange: 2.7 against 7.5 us a call, four calls a layer, and a decode
+        # step is made of such small calls
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = Rotary.rotate(q, *rope), Rotary.rotate(k, *rope)
         if cache is not None:
             k, v = cache.append(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads)
-        return self.o_proj(rearrange(y, "b h t d -> b t (h d)"))
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
 class SwiGLU(nn.Module):
@@ -127,6 +129,7 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, positions, mask, rotary, cache=None):
-        x = x + self.attn(self.attn_norm(x), positions, mask, rotary, cache)
+    def forward(self, x, rope, mask, cache=None):
+        """rope: the cos and sin tables of x's positions (Rotary.tables), gathered once for every layer."""
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache)
         return x + self.mlp(self.mlp_norm(x))

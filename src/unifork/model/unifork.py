@@ -76,6 +76,8 @@ def attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
     Each query may always see itself, so rows of left padding attend to something (no NaN from softmax).
     """
     s = valid.shape[1]
+    if q_len == 1 and s > 1:  # a decode step: every key is in its past, and the new position is a real token
+        return valid[:, None, None, :]
     q_index = torch.arange(s - q_len, s, device=valid.device)[:, None]
     k_index = torch.arange(s, device=valid.device)[None, :]
     mask = (k_index <= q_index) & valid[:, None, :]
@@ -192,8 +194,9 @@ class UniFork(nn.Module):
         return torch.stack([next_position, next_position + next_cell // side, next_position + next_cell % side])
 
     def _run(self, layers, x, positions, mask, caches):
+        rope = self.rotary.tables(positions)
         for i, layer in enumerate(layers):
-            x = layer(x, positions, mask, self.rotary, None if caches is None else caches[i])
+            x = layer(x, rope, mask, None if caches is None else caches[i])
         return x
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -262,9 +265,9 @@ class UniFork(nn.Module):
         """
         positions, mask = self.rope_positions(batch), attention_mask(batch.valid, batch.tokens.shape[1])
         x = self.trunk.embed(batch)
-        states = [x]
+        states, rope = [x], self.rotary.tables(positions)
         for layer in self.path_layers(task):
-            x = layer(x, positions, mask, self.rotary, None)
+            x = layer(x, rope, mask)
             states.append(x)
         return states
 

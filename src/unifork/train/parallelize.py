@@ -65,7 +65,7 @@ def compile_blocks(model: UniFork) -> bool:
     x = torch.randn(2, 5, cfg.d_model, device=p.device, requires_grad=True)
     valid = torch.ones(2, 5, dtype=torch.bool, device=p.device)
     try:
-        probe(x, (valid.long().cumsum(-1) - 1), attention_mask(valid, 5), model.rotary).sum().backward()
+        probe(x, model.rotary.tables(valid.long().cumsum(-1) - 1), attention_mask(valid, 5)).sum().backward()
     except Exception as err:  # noqa: BLE001 -- inductor raises many types (missing compiler, unsupported op)
         print(f"compile: torch.compile failed on {p.device.type} ({type(err).__name__}: {str(err)[:200]}); training uncompiled")
         return False
