@@ -167,3 +167,23 @@ def test_rerun_with_other_evaluation_settings_evaluates_again_without_training(s
     assert {r["evaluation"]["sampling"]["cfg_scale"] for r in again["runs"]} == {other.sampling.cfg_scale}
     assert [r["train_seconds"] for r in again["runs"]] == [r["train_seconds"] for r in result["runs"]]
     run_study(out / "run", tokenizer_dir=tokenizer_dir, progress=False, preset=preset)  # back as the others expect
+
+
+def test_committed_study_results_still_count_as_finished():
+    """The committed results are days of CPU time: a change to the recipe format, the evaluation settings or the
+    sampling settings must not make a rerun of the study train them again."""
+    from unifork.study.presets import PRESETS
+    from unifork.study.run import _recipe_record, evaluation_settings, recorded_evaluation
+    from unifork.train.recipe import load_recipe
+
+    preset = PRESETS["default"]
+    base = load_recipe(preset.recipe)
+    results = sorted((Path(__file__).parent.parent / "docs" / "results" / "study").glob("*-seed*.json"))
+    assert len(results) >= 14
+    for path in results:
+        result = json.loads(path.read_text())
+        assert recorded_evaluation(result) == evaluation_settings(preset), path.name
+        model = result["recipe"]["model"]
+        recipe = replace(base, seed=result["seed"], data=replace(base.data, seed=result["seed"]),
+                         model=replace(base.model, sharing=model["sharing"], fork_layer=model["fork_layer"]))  # fmt: skip
+        assert _recipe_record(recipe) == result["recipe"], path.name

@@ -121,7 +121,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
     plans = tuple(p.strip() for p in args.plans.split(",") if p.strip()) if args.plans else None
     seeds = tuple(_int_list(args.seeds, "--seeds")) if args.seeds else None
     study = run_study(args.out, quick=args.quick, plans=plans, seeds=seeds, tokenizer_dir=args.tokenizer_dir,
-                      steps=args.steps, results_dir=args.results)  # fmt: skip
+                      steps=args.steps, results_dir=args.results, recipe=args.recipe)  # fmt: skip
     for row in study["by_plan"]:
         print(f"{'/'.join(row['labels'])} {row['plan']}: VQA {row['vqa']['mean']:.3f} ± {row['vqa']['std']:.3f}, "
               f"ShapeEval exact {row['gen_exact']['mean']:.3f} ± {row['gen_exact']['std']:.3f}")  # fmt: skip
@@ -488,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)")
     st.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
     st.add_argument("--tokenizer", dest="tokenizer_dir", default=None, help="reuse this tokenizer directory instead of training one")
+    st.add_argument("--recipe", default=None,
+                    help="training recipe of every model instead of the preset's: a condition of the study, e.g. the "
+                         "packaged configs/study_depth12.toml, study_skewed_mix.toml, study_small_data.toml, "
+                         "study_gen_pretrained.toml")  # fmt: skip
     st.set_defaults(func=_cmd_study)
 
     data = sub.add_parser("data", help="image-text data on disk for training (formats: docs/scale.md, Real data)")

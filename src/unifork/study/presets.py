@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from unifork.configs import RECIPES_DIR
@@ -21,7 +21,9 @@ class StudyPreset:
     vqa_scenes: int  # test-split (and held-out) scenes whose every question is asked
     prompts_per_category: int  # ShapeEval prompts per category (and held-out compositions) ...
     images_per_prompt: int  # ... and images per prompt (GenEval uses 4)
-    sampling: SamplingSettings = DEFAULTS  # ShapeEval's sampling: the same as `unifork generate` and `unifork eval`
+    # ShapeEval's sampling: `unifork generate`'s, decoded plainly whatever its default window: speculative decoding
+    # draws from the same distribution but with other random numbers, and the study's models must stay comparable
+    sampling: SamplingSettings = replace(DEFAULTS, speculative=0)
     align_samples: int = 256  # paired scenes for the per-layer alignment analysis
     align_k: int = 10
     conflict_batches: int = 8  # joint batches of 32 rows the per-layer task conflict is averaged over

@@ -26,13 +26,18 @@ from unifork.study.presets import PRESETS, StudyPreset
 def run_study(out: str | Path, quick: bool = False, plans: tuple[str, ...] | None = None,
               seeds: tuple[int, ...] | None = None, tokenizer_dir: str | Path | None = None,
               steps: int | None = None, progress: bool = True, preset: StudyPreset | None = None,
-              results_dir: str | Path | None = None) -> dict:  # fmt: skip
-    """Run the study into `out` and return study.json's content. plans/seeds/steps override the preset."""
+              results_dir: str | Path | None = None, recipe: str | Path | None = None) -> dict:  # fmt: skip
+    """Run the study into `out` and return study.json's content. plans/seeds/steps/recipe override the preset; a
+    recipe is how a condition of the study (depth, task mix, data scale, a pre-trained start) is stated."""
     from unifork.study.summary import write_summary
     from unifork.train.recipe import load_recipe
 
     preset = preset or PRESETS["quick" if quick else "default"]
     preset = replace(preset, plans=tuple(plans or preset.plans), seeds=tuple(seeds or preset.seeds))
+    if recipe is not None:
+        if not Path(recipe).is_file():
+            raise UserError(f"{param('recipe')}: no such file {recipe}; give a training recipe (configs/study_*.toml)")
+        preset = replace(preset, recipe=Path(recipe))
     base = load_recipe(preset.recipe)
     if steps is not None:
         if steps < 1:
@@ -96,7 +101,7 @@ def _train_and_evaluate(recipe, out: Path, results_dir: Path, preset: StudyPrese
     if result_path.is_file():
         result = json.loads(result_path.read_text())
         same_model = all(result.get(key) == value for key, value in trained.items())
-        if same_model and result.get("evaluation") == evaluation_settings(preset):
+        if same_model and recorded_evaluation(result) == evaluation_settings(preset):
             return result  # finished earlier: a rerun resumes the study, it does not redo it
         if same_model and (run_dir / "checkpoint").is_dir():  # evaluated otherwise: evaluate again, not retrain
             result |= evaluate_model(run_dir / "checkpoint", preset)
@@ -127,6 +132,18 @@ def evaluation_settings(preset: StudyPreset) -> dict:
     """What decides a model's scores beside its weights: a result measured with others is measured again."""
     settings = asdict(preset)
     return {k: v for k, v in settings.items() if k not in ("recipe", "plans", "seeds")}
+
+
+# Sampling settings added after results were recorded, with the value that samples as before they existed.
+SAMPLING_BEFORE = {"speculative": 0}
+
+
+def recorded_evaluation(result: dict) -> dict | None:
+    """A result's evaluation settings, with the sampling settings it predates at the value it was sampled with."""
+    evaluation = result.get("evaluation")
+    if evaluation is None or "sampling" not in evaluation:
+        return evaluation
+    return evaluation | {"sampling": SAMPLING_BEFORE | evaluation["sampling"]}
 
 
 def evaluate_model(checkpoint: Path, preset: StudyPreset) -> dict:
