@@ -192,6 +192,7 @@ CASES = [
     ("top_k negative", gen("--top-k", "-1"), r"^error: --top-k "),
     ("speculative window negative", gen("--speculative", "-2"), r"^error: --speculative "),
     ("speculative window past the image", gen("--speculative", "64"), OK),  # clamped to the codes left
+    ("speculative window not given", gen("--speculative"), OK),  # the measured window
     ("top_k huge", gen("--top-k", str(2**70)), OK),  # at or above the vocabulary: off
     ("n zero", gen("--n", "0"), r"^error: --n \(the number of images\)"),
     ("n huge", gen("--n", "1000000"), r"^error: --n \(the number of images\)"),

@@ -286,12 +286,15 @@ SAMPLING_FLAGS = {"cfg_scale": "--cfg", "temperature": "--temperature", "top_k":
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
     """Flags for these sampling settings, with the defaults and help of unifork.inference.settings."""
-    from unifork.inference.settings import DEFAULTS, SamplingSettings
+    from unifork.inference.settings import DEFAULTS, SPECULATIVE_WINDOW, SamplingSettings
 
     for name in names:
         default = getattr(DEFAULTS, name)
-        parser.add_argument(SAMPLING_FLAGS[name], dest=name, type=type(default), default=default,
-                            help=f"{SamplingSettings.help(name)}; default %(default)s")  # fmt: skip
+        # a bare --speculative asks for the measured window (docs/performance.md, figure 6)
+        bare = {"nargs": "?", "const": SPECULATIVE_WINDOW} if name == "speculative" else {}
+        alone = f"; alone: {SPECULATIVE_WINDOW}" if bare else ""
+        parser.add_argument(SAMPLING_FLAGS[name], dest=name, type=type(default), default=default, **bare,
+                            help=f"{SamplingSettings.help(name)}; default %(default)s{alone}")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
