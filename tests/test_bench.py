@@ -129,7 +129,7 @@ def test_bench_cli_writes_every_figure(tmp_path, capsys, ckpt):
     for name in HEADLINES:
         assert math.isfinite(result[name]) and result[name] > 0, name
     assert set(result["targets"]) == {"kv_cache_speedup", "hf_generate_speedup", "fork_step_ratio", "mfu",
-                                      "speculative_speedup"}  # fmt: skip
+                                      "mixed_batch_ratio", "speculative_speedup"}  # fmt: skip
     assert set(result["details"]) == {"kv_cache", "hf_generate", "fork_step", "mfu", "memory", "speculative"}
     speculative = result["details"]["speculative"]
     assert speculative["weights"] == str(ckpt) and speculative["batch_1"]["forward_passes"]["plain"]["median"] == 16
