@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.tensorboard import SummaryWriter
 
 from unifork.checkpoint import load_model
 from unifork.errors import UserError
@@ -91,11 +92,37 @@ def test_resume_is_exact(tmp_path, tokenizer_dir):
     logged_later = [line for line in (tmp_path / "straight" / "metrics.jsonl").open() if '"joint", "step": 3,' in line]
     with open(cut / "metrics.jsonl", "a") as f:
         f.writelines(logged_later)
+    with SummaryWriter(str(cut / "tensorboard")) as writer:  # and its TensorBoard curve points, with other values
+        for step in (7, 8):
+            writer.add_scalar("train/loss", 99.0, step)
     resumed = train(recipe, cut, resume=True, progress=False)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     losses = lambda run: [(r["stage"], r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").open())]  # noqa: E731
     assert losses(tmp_path / "straight") == losses(cut)
+    # TensorBoard: one step axis over both stages, the same curve straight or cut and resumed
+    assert tensorboard_curve(cut) == tensorboard_curve(tmp_path / "straight")
+    assert [step for step, _ in tensorboard_curve(cut)] == list(range(1, 11))
+    logged = [loss for *_, loss in losses(cut)]
+    assert all(math.isclose(v, loss, rel_tol=1e-6) for (_, v), loss in zip(tensorboard_curve(cut), logged))  # float32
+
+
+def tensorboard_curve(run, tag="train/loss"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_logging_can_be_turned_off(tmp_path, tokenizer_dir):
+    recipe = write_recipe(tmp_path / "r.toml", tokenizer_dir, gen_steps=1, joint_steps=1)
+    recipe.write_text(recipe.read_text() + "[logging]\ntensorboard = false\n")
+    train(recipe, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "metrics.jsonl").is_file() and not (tmp_path / "run" / "tensorboard").exists()
+    recipe.write_text(recipe.read_text().replace("tensorboard = false", "tensorboard = 1"))
+    with pytest.raises(UserError, match="'tensorboard' in \\[logging\\] of .* must be bool"):
+        load_recipe(recipe)
 
 
 def test_step_budget_at_a_stage_boundary_starts_nothing_new(tmp_path, tokenizer_dir):

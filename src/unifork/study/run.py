@@ -125,6 +125,7 @@ def _recipe_record(recipe) -> dict:
     """The recipe as a result file stores it: without paths that differ between machines."""
     record = json.loads(json.dumps(asdict(recipe), default=str))
     record.pop("tokenizer_dir", None)
+    record.pop("logging", None)  # where the curves go does not change the model
     return record
 
 

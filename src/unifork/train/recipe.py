@@ -71,6 +71,13 @@ class ReportTable:
 
 
 @dataclass(frozen=True)
+class LoggingTable:
+    """[logging]: where training curves go besides metrics.jsonl, which is always written."""
+
+    tensorboard: bool = True  # scalars in OUT/tensorboard/ (`tensorboard --logdir runs/`)
+
+
+@dataclass(frozen=True)
 class Recipe:
     model: ModelConfig
     data: DataConfig
@@ -83,6 +90,7 @@ class Recipe:
     vision_encoder: str = ""  # a SigLIP / CLIP checkpoint whose features are the understanding input (hf/vision.py)
     vision_layer: int = -2  # its hidden layer read (LLaVA's: the second-to-last)
     report: ReportTable = ReportTable()
+    logging: LoggingTable = LoggingTable()
 
 
 def _stage(table: dict, index: int, source: str) -> StageConfig:
@@ -125,7 +133,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"invalid TOML in {path}: {err}") from None
     allowed = {"model": dict, "data": dict, "stages": list, "tokenizer_dir": str, "seed": int, "init_checkpoint": str,
-               "tokenizer": dict, "vision_encoder": str, "vision_layer": int, "report": dict}  # fmt: skip
+               "tokenizer": dict, "vision_encoder": str, "vision_layer": int, "report": dict, "logging": dict}  # fmt: skip
     for key, value in raw.items():
         if key not in allowed:
             raise UserError(f"unknown key '{key}' in {path}; known keys: {', '.join(sorted(allowed))}")
@@ -153,6 +161,7 @@ def load_recipe(path: str | Path) -> Recipe:
     for key in ("curve_vqa_scenes", "curve_prompts"):
         if getattr(report, key) < 1:
             raise UserError(f"[report] {key} of {path} must be at least 1, got {getattr(report, key)}")
+    logging = LoggingTable(**checked_fields(raw.get("logging", {}), LoggingTable, f"[logging] of {path}"))
     data = DataConfig(**checked_fields(raw.get("data", {}), DataConfig, f"[data] of {path}", non_negative=True))
     check_source(data.source)  # a bad scheme or a missing path fails now, not after the tokenizers train
     unknown = [t for t in data.question_types if t not in QUESTION_TYPES]
@@ -171,7 +180,7 @@ def load_recipe(path: str | Path) -> Recipe:
     return Recipe(model=model, data=data, stages=stages, tokenizer_dir=raw.get("tokenizer_dir", ""), seed=raw.get("seed", 0),
                   init_checkpoint=init_checkpoint, model_keys=stated, tokenizer=tokenizer,
                   vision_encoder=raw.get("vision_encoder", ""), vision_layer=raw.get("vision_layer", -2),
-                  report=report)  # fmt: skip
+                  report=report, logging=logging)  # fmt: skip
 
 
 def _tokenizer_table(table: dict, path: Path) -> TokenizerTable:
@@ -200,7 +209,7 @@ def resolved_recipe(recipe: Recipe, model: ModelConfig) -> str:
     table = {"seed": recipe.seed, "tokenizer_dir": absolute(recipe.tokenizer_dir),
              "vision_encoder": absolute(recipe.vision_encoder), "vision_layer": recipe.vision_layer,
              "init_checkpoint": absolute(recipe.init_checkpoint), "model": asdict(model), "data": asdict(data),
-             "report": asdict(recipe.report),
+             "report": asdict(recipe.report), "logging": asdict(recipe.logging),
              "stages": [asdict(stage) | {"train": list(stage.train)} for stage in recipe.stages]}  # fmt: skip
     if not (recipe.tokenizer_dir or recipe.init_checkpoint):  # else the tokenizers come from there, not a table
         tokenizer = recipe.tokenizer

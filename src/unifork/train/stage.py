@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +30,7 @@ from unifork.model.unifork import TASKS, UniFork
 from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.text import TextTokenizer
 from unifork.train.checkpoints import DONE_FILE, STATE_FILE, latest_checkpoint, load_train_state, save_checkpoint
+from unifork.train.curves import Curves
 from unifork.train.distributed import Ranks
 from unifork.train.global_loss import supervised_tokens, task_weights, weighted_loss
 from unifork.train.graceful_stop import GracefulStop
@@ -55,6 +56,7 @@ class Run:
     strategy: str = "fsdp"
     compile: bool = False
     progress: bool = True
+    tensorboard: bool = True  # the recipe's [logging]: curves in OUT/tensorboard/ beside metrics.jsonl
 
     @property
     def metrics_path(self) -> Path:
@@ -100,8 +102,9 @@ def finished_stage(run: Run, stage: StageConfig) -> UniFork:
 class StageRun:
     """Train `stage` (the `index`-th of the recipe) from `model` (plain, unwrapped)."""
 
-    def __init__(self, run: Run, stage: StageConfig, index: int, model: UniFork):
-        self.run, self.stage, self.index = run, stage, index
+    def __init__(self, run: Run, stage: StageConfig, index: int, model: UniFork, run_step: int = 0):
+        """run_step: where this stage starts on the run's step axis (the steps of the stages before it)."""
+        self.run, self.stage, self.index, self.run_step = run, stage, index, run_step
         self.dir = run.stage_dir(stage)
         self.state = TrainState()
         checkpoint = latest_checkpoint(self.dir)
@@ -144,8 +147,10 @@ class StageRun:
         of where it stands. Returns the plain model either way (DONE tells which)."""
         bar = progress_bar(self.state.step, self.stage.steps, self.stage.name, self.run.progress)
         self.state.started = time.perf_counter()  # tokens/s of the steps, not of loading and wrapping
+        curves = Curves(self.run.out / "tensorboard", self.run_step, self.state.step) if self._curves() else None
         # line-buffered: `tail -f` shows every step; only rank 0 logs
-        with open(self.run.metrics_path if self.run.ranks.is_main else os.devnull, "a", buffering=1) as log:
+        with open(self.run.metrics_path if self.run.ranks.is_main else os.devnull, "a", buffering=1) as log, \
+                closing(curves) if curves else nullcontext():  # fmt: skip
             for step in bar:
                 if self._should_stop():  # checkpoint mid-stage and hand back
                     if step != self.state.saved_step:
@@ -153,6 +158,8 @@ class StageRun:
                     return self._unwrapped()
                 record = self.train_step(step)
                 self.log(record, log, bar)
+                if curves:
+                    curves.add(record)
                 self._check_skipped(step + 1)
                 if (step + 1) % self.stage.save_every == 0 and step + 1 < self.stage.steps:
                     self.save(step + 1)
@@ -201,6 +208,9 @@ class StageRun:
         if "loss" in record:
             postfix = {k: f"{record[k]:.3f}" for k in ("und", "gen") if k in record}
             bar.set_postfix(postfix | {"tok/s": f"{record['tokens_per_s']:.0f}"}, refresh=False)
+
+    def _curves(self) -> bool:
+        return self.run.tensorboard and self.run.ranks.is_main
 
     def _check_skipped(self, step: int) -> None:
         """Too many skipped steps in a row stop the run: the model is not going to recover on its own."""

@@ -41,6 +41,7 @@ from unifork.tokenizers.loading import image_tokenizer_kind, load_image_tokenize
 from unifork.tokenizers.text import TOKENIZER_FILE as TEXT_TOKENIZER_FILE
 from unifork.tokenizers.text import TextTokenizer
 from unifork.train.checkpoints import DONE_FILE, latest_checkpoint
+from unifork.train.curves import run_steps_before
 from unifork.train.distributed import Ranks, start, stop
 from unifork.train.graceful_stop import GracefulStop
 from unifork.train.image_tokenizer import TokenizerData, train_image_tokenizer, train_text_tokenizer
@@ -87,7 +88,8 @@ def train(recipe_path: str | Path | Recipe, out: str | Path, resume: bool = Fals
         with GracefulStop() as signals:
             run = Run(out, recipe_toml, text, image, pool, ranks, signals,
                       steps_left=max_steps if max_steps is not None else float("inf"), strategy=strategy,
-                      compile=compile, progress=progress and ranks.is_main)  # fmt: skip
+                      compile=compile, progress=progress and ranks.is_main,
+                      tensorboard=recipe.logging.tensorboard)  # fmt: skip
             model = _run_stages(run, recipe, model)
         return None if model is None else _save_final(run, recipe, model)
     finally:
@@ -101,7 +103,7 @@ def _run_stages(run: Run, recipe: Recipe, model: UniFork) -> UniFork | None:
         if (stage_dir / DONE_FILE).is_file():
             model = finished_stage(run, stage)
             continue
-        model = StageRun(run, stage, index, model).train()
+        model = StageRun(run, stage, index, model, run_steps_before(recipe.stages, index)).train()
         if not (stage_dir / DONE_FILE).is_file():
             if run.ranks.is_main:  # a signal may have reached another rank only (all stop together)
                 why = ("stopped after the max_steps of this call" if run.steps_left <= 0
