@@ -63,6 +63,14 @@ def test_quickstart_writes_report_and_a_usable_checkpoint(tmp_path, tokenizer_di
     assert all(set(p["gen_exact"]) == expected and 0 <= p["vqa"]["overall"] <= 1 for p in curve)
     assert "Quality against training steps" in page
     assert len(list((out / "curve").glob("*.json"))) == 4  # each point saved as it finished: a rerun reuses them
+    # TensorBoard: the training curves and, at the steps they measure, the evaluation figures
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
+    assert [e.step for e in events.Scalars("eval/shapeeval_exact")] == [2, 3, 5, 6, 6]
+    assert events.Scalars("eval/vqa")[-1].value == pytest.approx(saved["vqa"]["accuracy"])
 
     def no_new_evaluation(*_):
         raise AssertionError("a point on disk was evaluated again")

@@ -75,6 +75,8 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
         "tokenizer": tokenizer_report,
         "alignment": {key: alignment[key] for key in ("k", "n_samples", "chance", "und", "gen")},
     } | ({"learning_curve": curve} if curve else {})
+    if settings.logging.tensorboard:
+        _log_evaluation(out, settings, curve, vqa, vqa_heldout, gen, gen_heldout)
     print("[3/3] writing the report")
     write_report(out, report, gen["samples"], vqa["examples"], out / "metrics.jsonl", out / "alignment.png",
                  failures=gen["failures"], curve=curve)  # fmt: skip
@@ -88,3 +90,14 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
         f"open {out / 'report.html'}"
     )
     return report
+
+
+def _log_evaluation(out: Path, recipe, curve: list, vqa: dict, vqa_heldout: dict, gen: dict, gen_heldout: dict) -> None:
+    """The evaluation figures in TensorBoard beside the training curves (train/curves.py)."""
+    from unifork.train.curves import log_evaluation, run_steps_before
+
+    points = [(p["global_step"], {"vqa": p["vqa"]["overall"], "shapeeval_exact": p["gen_exact"]["overall"]}) for p in curve]
+    final = {"vqa": vqa["accuracy"], "vqa_heldout": vqa_heldout["accuracy"], "shapeeval_exact": gen["exact"]["accuracy"]["overall"],
+             "shapeeval_geneval_rules": gen["accuracy"]["overall"],
+             "shapeeval_exact_heldout": gen_heldout["exact"]["accuracy"]["overall"]}  # fmt: skip
+    log_evaluation(out / "tensorboard", points + [(run_steps_before(recipe.stages, len(recipe.stages)), final)])

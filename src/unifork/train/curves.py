@@ -4,7 +4,8 @@ One step axis for the whole run: step k of a stage is plotted at (the steps of t
 recipe's stages read as one curve, each record's scalars under `train/` (loss, und, gen, lr, grad_norm,
 tokens_per_s, skipped_nonfinite, the data counters). A resumed stage purges what was logged after its checkpoint
 (SummaryWriter's purge_step), as metrics.jsonl forgets those lines, so both show only the steps the model kept.
-metrics.jsonl stays the record; this is a view of it for the tool people already use.
+metrics.jsonl stays the record; this is a view of it for the tool people already use. The quickstart adds its
+evaluation figures (and its learning curve's points) under `eval/` at the steps they measure.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ class Curves:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def log_evaluation(directory: Path, points: list[tuple[int, dict[str, float]]]) -> None:
+    """Evaluation figures as `eval/` scalars beside the training curves: (run-wide step, {name: value}) each."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(directory)) as writer:
+        for step, figures in points:
+            for name, value in figures.items():
+                writer.add_scalar(f"eval/{name}", float(value), step)
 
 
 def run_steps_before(stages, index: int) -> int:
