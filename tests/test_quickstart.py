@@ -71,6 +71,9 @@ def test_quickstart_writes_report_and_a_usable_checkpoint(tmp_path, tokenizer_di
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
     assert [e.step for e in events.Scalars("eval/shapeeval_exact")] == [2, 3, 5, 6, 6]
     assert events.Scalars("eval/vqa")[-1].value == pytest.approx(saved["vqa"]["accuracy"])
+    stored = json.loads((out / "checkpoint" / "evaluation.json").read_text())["figures"]  # with the checkpoint
+    assert stored["vqa"] == pytest.approx(saved["vqa"]["accuracy"], abs=1e-4)
+    assert f"vqa {stored['vqa']:.3f}" in (out / "checkpoint" / "README.md").read_text()  # and on its card
 
     def no_new_evaluation(*_):
         raise AssertionError("a point on disk was evaluated again")

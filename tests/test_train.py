@@ -66,6 +66,8 @@ def test_tiny_run_reduces_both_losses_and_chains_stages(tmp_path, tokenizer_dir)
     assert not torch.equal(stage1["und.head.weight"], final_weights["und.head.weight"])
     model = load_model(final)
     assert model.cfg.text_vocab_size == TextTokenizer.load(final).vocab_size
+    card = (final / "README.md").read_text()  # the model card: how it was trained
+    assert "stage gen_pretrain: 4 steps x 8 rows (gen 1)" in card and "stage joint: 24 steps" in card
 
 
 def test_frozen_parameters_do_not_move(tmp_path, tokenizer_dir):

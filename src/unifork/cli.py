@@ -106,6 +106,12 @@ def _cmd_export_hf(args: argparse.Namespace) -> None:
     print(f"wrote the understanding path as {info['architecture']} ({info['parameters'] / 1e6:.1f}M parameters) to {args.out}")
 
 
+def _cmd_info(args: argparse.Namespace) -> None:
+    from unifork.model_card import checkpoint_facts, summary_lines
+
+    print("\n".join(summary_lines(checkpoint_facts(args.ckpt))))
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from unifork.bench import bench_settings, run_bench, summary_lines
 
@@ -387,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--ckpt", required=True, help="checkpoint directory (written by save_pretrained)")
     ex.add_argument("--out", required=True, help="output HF model directory (AutoModelForCausalLM loads it)")
     ex.set_defaults(func=_cmd_export_hf)
+
+    inf = sub.add_parser("info", help="what a checkpoint is: architecture, parameters, training, evaluation (its model card)")
+    inf.add_argument("--ckpt", required=True, help="checkpoint directory")
+    inf.set_defaults(func=_cmd_info)
 
     bn = sub.add_parser("bench", help="speed and memory figures as side-by-side ratios (docs/performance.md)")
     bn.add_argument("--out", required=True, help="output JSON file: headline ratios, raw timings, machine info")

@@ -25,6 +25,7 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     from unifork.inference.pipeline import Pipeline
     from unifork.inference.settings import SamplingSettings
     from unifork.learning_curve import learning_curve
+    from unifork.model_card import record_evaluation
     from unifork.report import write_report
     from unifork.configs import packaged_recipe
     from unifork.train.recipe import find_recipe, load_recipe
@@ -75,8 +76,12 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
         "tokenizer": tokenizer_report,
         "alignment": {key: alignment[key] for key in ("k", "n_samples", "chance", "und", "gen")},
     } | ({"learning_curve": curve} if curve else {})
+    figures = {"vqa": vqa["accuracy"], "vqa_heldout": vqa_heldout["accuracy"], "shapeeval_exact": gen["exact"]["accuracy"]["overall"],
+               "shapeeval_geneval_rules": gen["accuracy"]["overall"],
+               "shapeeval_exact_heldout": gen_heldout["exact"]["accuracy"]["overall"]}  # fmt: skip
+    record_evaluation(checkpoint, "unifork quickstart", figures)  # on the checkpoint's card too
     if settings.logging.tensorboard:
-        _log_evaluation(out, settings, curve, vqa, vqa_heldout, gen, gen_heldout)
+        _log_evaluation(out, settings, curve, figures)
     print("[3/3] writing the report")
     write_report(out, report, gen["samples"], vqa["examples"], out / "metrics.jsonl", out / "alignment.png",
                  failures=gen["failures"], curve=curve)  # fmt: skip
@@ -92,12 +97,9 @@ def quickstart(out: str | Path = "runs/quickstart", recipe: str | Path | None = 
     return report
 
 
-def _log_evaluation(out: Path, recipe, curve: list, vqa: dict, vqa_heldout: dict, gen: dict, gen_heldout: dict) -> None:
+def _log_evaluation(out: Path, recipe, curve: list, figures: dict[str, float]) -> None:
     """The evaluation figures in TensorBoard beside the training curves (train/curves.py)."""
     from unifork.train.curves import log_evaluation, run_steps_before
 
     points = [(p["global_step"], {"vqa": p["vqa"]["overall"], "shapeeval_exact": p["gen_exact"]["overall"]}) for p in curve]
-    final = {"vqa": vqa["accuracy"], "vqa_heldout": vqa_heldout["accuracy"], "shapeeval_exact": gen["exact"]["accuracy"]["overall"],
-             "shapeeval_geneval_rules": gen["accuracy"]["overall"],
-             "shapeeval_exact_heldout": gen_heldout["exact"]["accuracy"]["overall"]}  # fmt: skip
-    log_evaluation(out / "tensorboard", points + [(run_steps_before(recipe.stages, len(recipe.stages)), final)])
+    log_evaluation(out / "tensorboard", points + [(run_steps_before(recipe.stages, len(recipe.stages)), figures)])

@@ -40,6 +40,7 @@ from unifork.tokenizers.codec import ImageCodec
 from unifork.tokenizers.loading import image_tokenizer_kind, load_image_tokenizer
 from unifork.tokenizers.text import TOKENIZER_FILE as TEXT_TOKENIZER_FILE
 from unifork.tokenizers.text import TextTokenizer
+from unifork.model_card import write_card
 from unifork.train.checkpoints import DONE_FILE, latest_checkpoint
 from unifork.train.curves import run_steps_before
 from unifork.train.distributed import Ranks, start, stop
@@ -124,6 +125,7 @@ def _save_final(run: Run, recipe: Recipe, model: UniFork) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         save_pretrained(tmp, model, run.text, run.image, run.recipe_toml, provenance)
         write_manifest(tmp)
+        write_card(tmp)  # after the manifest: the card is documentation, rewritten when the model is evaluated
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     run.ranks.barrier()
