@@ -262,7 +262,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     settings = EvalSettings(suite=args.suite, images_per_prompt=args.images_per_prompt,
                             prompts_per_category=args.prompts_per_category, sampling=SamplingSettings(cfg_scale=args.cfg_scale, speculative=args.speculative),
                             vqa_scenes=args.vqa_scenes, seed=args.seed, device=args.device,
-                            inception_weights=args.inception_weights, digits=args.digits)  # fmt: skip
+                            inception_weights=args.inception_weights, digits=args.digits,
+                            vqa_file=args.vqa_file)  # fmt: skip
     result = run_eval(args.ckpt, args.out, settings)
     print("\n".join(summary_lines(result)))
     print(f"wrote {args.out} in {result['wall_seconds']:.0f} s")
@@ -463,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--inception-weights", default=None,
                     help="local FID Inception-v3 weights file: adds standard FID (needs torch-fidelity; nothing is downloaded)")
     ev.add_argument("--digits", default=None, help="score the handwritten-digits example instead: the folder of `unifork data digits`")
+    ev.add_argument("--vqa-file", default=None,
+                    help="score the understanding path on a benchmark file instead: JSONL (image path or image_base64, "
+                         "question, answer; POPE's text/label) or VLMEvalKit's TSV (base64 image, question, answer, "
+                         "options A-D)")  # fmt: skip
     ev.set_defaults(func=_cmd_eval)
 
     sv = sub.add_parser("serve", help="REST API (/v1, docs at /docs) and web demo (/ui) on one batching engine")

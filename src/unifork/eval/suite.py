@@ -33,6 +33,7 @@ class EvalSettings:
     device: str = "cpu"
     inception_weights: str | None = None
     digits: str | None = None  # the folder of `unifork data digits`: score that example instead (eval/digits.py)
+    vqa_file: str | None = None  # a benchmark file (JSONL, VLMEvalKit TSV): score the und path on it (eval/vqa_file.py)
 
     def validate(self) -> None:
         """UserError naming the first setting out of range, before any model is loaded."""
@@ -45,6 +46,8 @@ class EvalSettings:
             raise UserError(f"{param('seed')} must be a non-negative integer below 2**63, got {self.seed}")
         if self.suite == "und" and self.inception_weights is not None:
             raise UserError(f"{param('inception_weights')} needs a generation suite (gen or all)")
+        if self.vqa_file is not None and (self.suite == "gen" or self.digits is not None):
+            raise UserError(f"{param('vqa_file')} scores the understanding path alone; drop {param('suite')} gen and {param('digits')}")
         if self.digits is not None and self.inception_weights is not None:
             raise UserError(f"{param('inception_weights')} scores the shapes world; drop it with {param('digits')}")
 
@@ -65,8 +68,18 @@ def run_eval(ckpt: str | Path, out: str | Path, settings: EvalSettings = EvalSet
     if settings.inception_weights is not None:
         require_inception_fid(settings.inception_weights)
     start = time.perf_counter()
-    pipeline = Pipeline.from_pretrained(ckpt, task=TASK_OF_SUITE[settings.suite], device=settings.device)
+    task = "und" if settings.vqa_file is not None else TASK_OF_SUITE[settings.suite]
+    if settings.vqa_file is not None:
+        from unifork.eval.vqa_file import read_items
+
+        read_items(settings.vqa_file)  # a bad row fails before the model loads
+    pipeline = Pipeline.from_pretrained(ckpt, task=task, device=settings.device)
     result: dict = {"suite": settings.suite, "checkpoint": str(ckpt), "settings": asdict(settings)}
+    if settings.vqa_file is not None:
+        from unifork.eval.vqa_file import evaluate_vqa_file
+
+        result["vqa_file"] = evaluate_vqa_file(pipeline, settings.vqa_file)
+        return _finish(result, out, start)
     if settings.digits is not None:
         from unifork.eval.digits import evaluate_digits
 
@@ -145,6 +158,8 @@ def summary_lines(result: dict) -> list[str]:
 
     if "digits" in result:
         return _digits_lines(result, row, lines)
+    if "vqa_file" in result:
+        return _vqa_file_lines(result["vqa_file"], row, lines)
     for key, title in (("gen", "generation (ShapeEval)"), ("gen_heldout", "generation, held-out compositions")):
         if key in result:
             lines.append(f"{title}: accuracy [95% CI], {result[key]['n_images']} images")
@@ -173,6 +188,18 @@ def summary_lines(result: dict) -> list[str]:
     for split, quality in result["tokenizer"].items():
         row(f"{split} PSNR (dB)", quality["psnr"])
         row(f"{split} SSIM", quality["ssim"])
+    return lines
+
+
+def _vqa_file_lines(scores: dict, row, lines: list[str]) -> list[str]:
+    lines.append(f"{scores['file']}: {scores['rows']} rows, rate [95% CI]")
+    row("exact match", scores["exact_match"]["value"], scores["exact_match"]["ci95"])
+    if "yes_no" in scores:
+        for name in ("accuracy", "precision", "recall", "yes_ratio"):
+            row(f"yes/no {name}", scores["yes_no"][name]["value"], scores["yes_no"][name]["ci95"])
+        row("yes/no F1", scores["yes_no"]["f1"])
+    if "multiple_choice" in scores:
+        row("multiple choice", scores["multiple_choice"]["value"], scores["multiple_choice"]["ci95"])
     return lines
 
 
