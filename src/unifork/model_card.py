@@ -37,7 +37,8 @@ def checkpoint_facts(directory: str | Path) -> dict:
             count = 1
             for size in shape:
                 count *= size
-            parameters[name.split(".")[0]] = parameters.get(name.split(".")[0], 0) + count
+            part = name.split(".")[0]
+            parameters[part] = parameters.get(part, 0) + count
     facts = {"directory": str(directory), "config": cfg, "parameters": parameters | {"total": sum(parameters.values())}}
     if (directory / "recipe.toml").is_file():
         facts["recipe"] = tomllib.loads((directory / "recipe.toml").read_text())

@@ -29,7 +29,7 @@ def speculative_figure(model: UniFork, builder: SequenceBuilder, batch_sizes: tu
     for b in batch_sizes:
         variants = {name: _sampler(model, builder, prompts[:b], w) for name, w in (("speculative", window), ("plain", 0))}
         passes = {name: _passes(model, fn) for name, fn in variants.items()}
-        t = interleaved({name: fn for name, fn in variants.items()}, repeats, warmup)
+        t = interleaved(variants, repeats, warmup)
         tokens = b * model.cfg.image_tokens
         per_batch[f"batch_{b}"] = {
             "image_tokens": tokens,
