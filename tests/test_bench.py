@@ -18,7 +18,8 @@ from unifork.bench.timing import interleaved, pairwise_ratio
 from unifork.bench.workload import bench_config, bench_model, bench_tokenizer, text_prompts, training_examples
 from unifork.cli import main
 from unifork.errors import UserError
-from unifork.inference.sampler import CodeRequest, sample_codes_per_request, sample_image_codes, sample_text
+from unifork.inference.answers import sample_text
+from unifork.inference.sampler import CodeRequest, sample_codes_per_request, sample_image_codes
 from unifork.inference.settings import SamplingSettings
 from unifork.sequences import SequenceBuilder
 

@@ -273,7 +273,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from unifork.serve import serve
 
     serve(args.ckpt, host=args.host, port=args.port, task=args.task, max_batch=args.max_batch, queue=args.queue,
-          timeout=args.timeout, device=args.device, admin=args.admin, ui=not args.no_ui)  # fmt: skip
+          timeout=args.timeout, device=args.device, admin=args.admin, ui=not args.no_ui,
+          served_model_name=args.served_model_name)  # fmt: skip
 
 
 def _cmd_loadtest(args: argparse.Namespace) -> None:
@@ -482,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--admin", action="store_true",
                     help="enable PUT /v1/admin/max-batch for loopback clients (what loadtest --sequential-baseline uses)")
     sv.add_argument("--no-ui", action="store_true", help="serve the REST API only, without the Gradio demo")
+    sv.add_argument("--served-model-name", default=None,
+                    help="the model id of the OpenAI-compatible routes (default: the checkpoint directory's name, the "
+                         "run's name for RUN/checkpoint)")  # fmt: skip
     sv.set_defaults(func=_cmd_serve)
 
     lt = sub.add_parser("loadtest", help="load a running server on this machine: latency, throughput, batching speedup")

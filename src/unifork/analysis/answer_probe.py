@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from unifork.errors import UserError
-from unifork.inference.sampler import answer_questions
+from unifork.inference.answers import answer_questions
 from unifork.und_images import und_inputs
 from unifork.world import World
 from unifork.world.questions import relation_objects

@@ -3,7 +3,7 @@
 The und path (trunk + und branch + text head) is a Qwen2 (or Llama) decoder; `hf_twin` builds that transformers
 model in memory with export-hf's config and tensor names, so both sides run the same architecture and weights.
 Plain sampling (temperature 1, no top-k/top-p, no guidance) of the same number of new text tokens from the same
-prompts: ours is inference.sampler.sample_text, the loop `unifork ask` answers with (greedy there), with no
+prompts: ours is inference.answers.sample_text, the loop `unifork ask` answers with (greedy there), with no
 end-of-sequence stop; HF gets use_cache=True and no end-of-sequence token, so it never stops early either.
 """
 
@@ -16,7 +16,7 @@ from unifork.bench.timing import interleaved, versus
 from unifork.bench.workload import text_prompts
 from unifork.hf.architectures import hf_config
 from unifork.hf.weights import und_path_names
-from unifork.inference.sampler import sample_text
+from unifork.inference.answers import sample_text
 from unifork.model.unifork import Batch, UniFork
 from unifork.sequences import SequenceBuilder
 

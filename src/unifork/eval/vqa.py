@@ -8,7 +8,7 @@ import torch
 
 from unifork.eval.caption_match import caption_match
 from unifork.eval.stats import rates, wilson_interval
-from unifork.inference.sampler import answer_questions
+from unifork.inference.answers import answer_questions
 from unifork.und_images import und_inputs
 from unifork.world import World
 

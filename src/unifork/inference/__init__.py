@@ -7,8 +7,8 @@ from importlib import import_module
 # model code, so that the CLI can show the sampling defaults in its help at once.
 _HOMES = {
     "Pipeline": "pipeline", "image_grid": "pipeline",
-    "CodeRequest": "sampler", "answer_questions": "sampler", "sample_codes_per_request": "sampler",
-    "sample_image_codes": "sampler",
+    "CodeRequest": "sampler", "sample_codes_per_request": "sampler", "sample_image_codes": "sampler",
+    "AnswerRequest": "answers", "answer_questions": "answers", "sample_answers": "answers",
     "DEFAULT_CFG_SCALE": "settings", "SamplingSettings": "settings",
 }  # fmt: skip
 __all__ = sorted(_HOMES)

@@ -13,7 +13,8 @@ from PIL import Image
 
 from unifork.checkpoint import check_compatible, load_pretrained
 from unifork.errors import UserError, param
-from unifork.inference.sampler import answer_questions, check_images, require_branch, sample_image_codes
+from unifork.inference.answers import Answer, AnswerRequest, sample_answers
+from unifork.inference.sampler import check_images, require_branch, sample_image_codes
 from unifork.inference.settings import DEFAULT_ANSWER_TOKENS, DEFAULT_IMAGES, DEFAULTS, SamplingSettings
 from unifork.model.unifork import UniFork
 from unifork.sequences import SequenceBuilder
@@ -64,15 +65,25 @@ class Pipeline:
         return self.ask_batch([image], [question], max_new_tokens)[0]
 
     def ask_batch(self, images: list, questions: list[str], max_new_tokens: int = DEFAULT_ANSWER_TOKENS) -> list[str]:
+        """Greedy answers, one per (image, question)."""
         if len(images) != len(questions):
             raise UserError(f"got {len(images)} images but {len(questions)} questions; give one image per question")
-        if not all(isinstance(q, str) and q.strip() for q in questions):
+        if max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        requests = [AnswerRequest(q, max_new_tokens=max_new_tokens) for q in questions]
+        return [answers[0].text for answers in self.answer(images, requests)]
+
+    def answer(self, images: list, requests: list[AnswerRequest]) -> list[list[Answer]]:
+        """request.n answers per (image, request), each request with its own settings and generator
+        (inference.answers.sample_answers); images as for `ask`."""
+        if len(images) != len(requests):
+            raise UserError(f"got {len(images)} images but {len(requests)} questions; give one image per question")
+        if not all(isinstance(r.question, str) and r.question.strip() for r in requests):
             raise UserError("a question is empty; ask e.g. 'what color is the circle?'")
         require_branch(self.model, "und")
         with torch.inference_mode():
             codes, latents = und_inputs(self.model.cfg, self.image_tokenizer, images, self.device)
-        return answer_questions(self.model, self.builder, codes, latents, questions, max_new_tokens)
-
+        return sample_answers(self.model, self.builder, codes, latents, requests)
 
 def image_grid(images: list[Image.Image], gap: int = 2) -> Image.Image:
     """Images in a near-square grid, row by row, with `gap` white pixels between them."""

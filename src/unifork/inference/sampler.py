@@ -4,7 +4,8 @@
                                own settings and generator; classifier-free guidance in the same batch; a request
                                with a speculative window decodes by speculative Jacobi decoding (speculative.py)
     sample_image_codes         one request of it: N prompts, one set of settings, one generator
-    sample_text / answer_questions   und branch: text tokens; greedy answers until EOS
+
+Text (the und branch) is inference.answers'.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import torch
 from unifork.errors import UserError, param
 from unifork.inference.decoding import Decoding, cached_decoding
 from unifork.inference.draws import sample_next, token_probs
-from unifork.inference.settings import DEFAULT_ANSWER_TOKENS, DEFAULTS, SamplingSettings
+from unifork.inference.settings import DEFAULTS, SamplingSettings
 from unifork.inference.speculative import speculative_codes
-from unifork.model.unifork import CODE, TEXT, Batch, UniFork
+from unifork.model.unifork import CODE, UniFork
 from unifork.sequences import SequenceBuilder
 
 MAX_IMAGES = 64  # images per call: 2x that many rows under guidance; more is a memory accident, not a request
@@ -124,57 +125,6 @@ def sample_image_codes(model: UniFork, builder: SequenceBuilder, prompts: list[s
                        generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
     """Image codes (N, image_tokens) for N prompts: one request, so one draw over its N rows per step."""
     return sample_codes_per_request(model, builder, [CodeRequest(list(prompts), settings, generator)])[0]
-
-
-@torch.inference_mode()
-def sample_text(model: UniFork, batch: Batch, max_new_tokens: int, temperature: float = 0.0,
-                generator: torch.Generator | None = None, eos_id: int | None = None) -> torch.Tensor:  # fmt: skip
-    """Text tokens (B, T <= max_new_tokens) from the und branch for a prompt batch; greedy at temperature 0.
-
-    With eos_id, decoding stops once every row has produced it (a finished row keeps stepping with the batch).
-    """
-    logits, step = cached_decoding(model, "und", batch, max_new_tokens)
-    tokens, finished = [], torch.zeros(batch.tokens.shape[0], dtype=torch.bool, device=batch.tokens.device)
-    for i in range(max_new_tokens):
-        token = sample_next(logits, temperature, generator=generator)  # (B,)
-        tokens.append(token)
-        if eos_id is not None:
-            finished |= token == eos_id
-        if i == max_new_tokens - 1 or (eos_id is not None and finished.all()):  # .all() waits for the device
-            break
-        logits = step(token, TEXT)
-    return torch.stack(tokens, dim=1)
-
-
-@torch.inference_mode()
-def answer_questions(model: UniFork, builder: SequenceBuilder, codes: torch.Tensor, latents: torch.Tensor | None,
-                     questions: list[str], max_new_tokens: int = DEFAULT_ANSWER_TOKENS) -> list[str]:  # fmt: skip
-    """Greedy answers from the und branch, one per (image, question) row; codes (N, L), latents (N, L, D) or None.
-
-    Rows that reach EOS keep stepping with the batch (their output is cut at EOS); decoding stops once every row
-    has finished, after max_new_tokens, or at the model's context, whichever comes first.
-    """
-    n = len(questions)
-    if n < 1:
-        raise UserError("questions must hold at least one question")
-    if codes.shape[0] != n or (latents is not None and latents.shape[0] != n):
-        raise UserError(f"got {n} questions but {codes.shape[0]} images; give one image per question")
-    if max_new_tokens < 1:
-        raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    require_branch(model, "und")
-    param = next(model.parameters())
-    if latents is not None:
-        latents = latents.to(param.device, param.dtype)  # the projector runs in the model's dtype
-    codes = codes.cpu()  # the builder reads codes one by one into Python lists
-    examples = [builder.understand(q, codes[i], None if latents is None else latents[i]) for i, q in enumerate(questions)]
-    batch = builder.collate(examples).to(param.device)
-    # An answer that runs into the context limit is cut there rather than failing the whole batch.
-    max_new_tokens = min(max_new_tokens, model.cfg.max_seq_len - batch.tokens.shape[1] + 1)
-    eos = builder.text.eos_id
-    answers = []
-    for row in sample_text(model, batch, max_new_tokens, eos_id=eos).tolist():
-        answers.append(builder.text.decode(row[: row.index(eos)] if eos in row else row))
-    return answers
 
 
 def check_images(n) -> None:

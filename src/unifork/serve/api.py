@@ -4,9 +4,10 @@
     POST /v1/ask        image (multipart upload or base64 JSON) + question -> answer
     GET  /v1/health     liveness, queue depth, counters
     GET  /v1/info       model config, fork point, loaded branches, limits
+    OpenAI-compatible: GET /v1/models, POST /v1/images/generations, POST /v1/chat/completions (openai_api.py)
     PUT  /v1/admin/max-batch   only with --admin, only from loopback: switch batching for a load-test baseline
 
-Errors are {"error": "...", "field": "..."}: 4xx for anything the client sent, 429 + Retry-After for a full
+Errors are {"error": "...", "field": "..."} (OpenAI's shape on its routes: error_shapes.py): 4xx for anything the client sent, 429 + Retry-After for a full
 queue, 504 past the per-request timeout. A 500 means a bug in the server, never bad input.
 """
 
@@ -27,6 +28,7 @@ import unifork.serve.limits as limits
 from unifork.errors import UserError
 from unifork.serve.body_limit import BodyLimit
 from unifork.serve.engine import Engine
+from unifork.serve.error_shapes import error_body
 from unifork.serve.errors import (
     ClientGone,
     EngineStopped,
@@ -35,6 +37,7 @@ from unifork.serve.errors import (
     RequestTimeout,
 )
 from unifork.serve.images import decode_base64_image, decode_image, png_base64
+from unifork.serve.openai_api import add_openai_routes
 from unifork.serve.runner import AskWork, GenerateWork, ModelRunner
 from unifork.serve.schemas import (
     AskJSON,
@@ -69,10 +72,12 @@ ASK_BODY = {  # /v1/ask reads its body itself, to take JSON or a multipart uploa
 
 
 def build_api(engine: Engine, runner: ModelRunner, info: dict[str, Any], admin: bool = False, **fastapi_kwargs) -> FastAPI:
-    """The API app; `info` is merged into GET /v1/info (checkpoint path, alignment plot, ...)."""
+    """The API app, native and OpenAI-compatible routes; `info` is merged into GET /v1/info (checkpoint path,
+    alignment plot, ...) and names the model the OpenAI routes serve (`model_id`, `created`)."""
     app = FastAPI(title="UniFork", version="1", description=__doc__, **fastapi_kwargs)
     app.add_middleware(BodyLimit, max_bytes=limits.MAX_BODY_BYTES)
     _add_error_handlers(app)
+    add_openai_routes(app, engine, runner, info["model_id"], info.get("created", 0))
 
     @app.get("/", include_in_schema=False)
     async def root():
@@ -91,7 +96,7 @@ def build_api(engine: Engine, runner: ModelRunner, info: dict[str, Any], admin: 
 
     @app.post("/v1/generate", response_model=GenerateResponse, responses=ERRORS)
     async def generate(body: GenerateRequest, request: Request) -> JSONResponse:
-        _require(runner, "gen")
+        runner.require("gen")
         runner.check_prompt(body.prompt)
         work = GenerateWork.from_request(body)
         job = await engine.run("generate", work, images=body.n, disconnected=request.is_disconnected)
@@ -103,11 +108,11 @@ def build_api(engine: Engine, runner: ModelRunner, info: dict[str, Any], admin: 
 
     @app.post("/v1/ask", response_model=AskResponse, responses=ERRORS, openapi_extra=ASK_BODY)
     async def ask(request: Request) -> JSONResponse:
-        _require(runner, "und")
+        runner.require("und")
         image, question = await _read_ask(request)
         runner.check_question(question)
         job = await engine.run("ask", AskWork(image, question), disconnected=request.is_disconnected)
-        answer = AskResponse(answer=job.future.result())
+        answer = AskResponse(answer=job.future.result()[0].text)
         return JSONResponse(answer.model_dump(), headers={"X-Batch-Size": str(job.batch_size)})
 
     if admin:
@@ -123,13 +128,6 @@ def build_api(engine: Engine, runner: ModelRunner, info: dict[str, Any], admin: 
             return {"max_batch": body.max_batch, "previous": previous}
 
     return app
-
-
-def _require(runner: ModelRunner, task: str) -> None:
-    if task not in runner.tasks:
-        action = {"gen": "generate images", "und": "answer questions"}[task]
-        raise UserError(f"this server cannot {action}: the '{task}' branch is not loaded (loaded: "
-                        f"{', '.join(runner.tasks)}); restart it with --task {task} or --task both")  # fmt: skip
 
 
 async def _read_ask(request: Request):
@@ -165,54 +163,60 @@ async def _read_ask(request: Request):
     raise FieldError("content-type", f"must be application/json or multipart/form-data, got '{content_type}'", status=415)
 
 
-def _error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=message, field=field).model_dump(), status_code=status, headers=headers)
+def _error(request: Request, status: int, message: str, field: str | None = None, headers: dict | None = None,
+           code: str | None = None) -> JSONResponse:  # fmt: skip
+    status, body = error_body(request.url.path, status, message, field, code)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _field_of(loc: tuple) -> str:
-    """("body", "prompt") -> "prompt"; a body that is not an object at all -> "body"."""
-    inner = [str(part) for part in loc if part != "body"]
-    return ".".join(inner) or "body"
+    """("body", "messages", 0, "role") -> "messages[0].role"; a body that is not an object at all -> "body"."""
+    field = ""
+    for part in loc:
+        if part == "body" and not field:
+            continue
+        field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
+    return field or "body"
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid(_, err: RequestValidationError):
+    async def invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0]
         field = _field_of(tuple(first.get("loc", ())))
         message = first.get("msg", "invalid value")
         if first.get("type") == "json_invalid":
             field, message = "body", "is not valid JSON"
-        return _error(422, f"{field}: {message}", field)
+        return _error(request, 422, f"{field}: {message}", field)
 
     @app.exception_handler(FieldError)
-    async def bad_field(_, err: FieldError):
-        return _error(err.status, str(err), err.field)
+    async def bad_field(request: Request, err: FieldError):
+        return _error(request, err.status, str(err), err.field, code=err.code)
 
     @app.exception_handler(UserError)
-    async def user_error(_, err: UserError):
-        return _error(400, str(err))
+    async def user_error(request: Request, err: UserError):
+        return _error(request, 400, str(err))
 
     @app.exception_handler(QueueFull)
-    async def queue_full(_, err: QueueFull):
-        return _error(429, str(err), headers={"Retry-After": str(err.retry_after)})
+    async def queue_full(request: Request, err: QueueFull):
+        return _error(request, 429, str(err), headers={"Retry-After": str(err.retry_after)})
 
     @app.exception_handler(RequestTimeout)
-    async def timeout(_, err: RequestTimeout):
-        return _error(504, str(err))
+    async def timeout(request: Request, err: RequestTimeout):
+        return _error(request, 504, str(err))
 
     @app.exception_handler(ClientGone)
-    async def gone(_, err: ClientGone):
-        return _error(499, str(err))  # nobody reads it; it keeps the access log honest
+    async def gone(request: Request, err: ClientGone):
+        return _error(request, 499, str(err))  # nobody reads it; it keeps the access log honest
 
     @app.exception_handler(EngineStopped)
-    async def stopped(_, err: EngineStopped):
-        return _error(503, str(err), headers={"Retry-After": "5"})
+    async def stopped(request: Request, err: EngineStopped):
+        return _error(request, 503, str(err), headers={"Retry-After": "5"})
 
     @app.exception_handler(HTTPException)
-    async def http_error(_, err: HTTPException):
-        return _error(err.status_code, str(err.detail), headers=err.headers)
+    async def http_error(request: Request, err: HTTPException):
+        return _error(request, err.status_code, str(err.detail), headers=err.headers)
 
     @app.exception_handler(Exception)
-    async def bug(_, err: Exception):  # a server bug, never the client's input: the same JSON shape, then the log
-        return _error(500, f"internal error ({type(err).__name__}); the server log has the traceback")
+    async def bug(request: Request, err: Exception):  # a server bug, never the client's input: the same shape, then the log
+        return _error(request, 500, f"internal error ({type(err).__name__}); the server log has the traceback")

@@ -10,6 +10,8 @@ import json
 
 from starlette.exceptions import HTTPException
 
+from unifork.serve.error_shapes import error_body
+
 
 class BodyLimit:
     def __init__(self, app, max_bytes: int):
@@ -20,7 +22,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
+            return await self._refuse(scope["path"], send)
         received = 0
 
         async def counting_receive():
@@ -37,8 +39,9 @@ class BodyLimit:
     def _message(self) -> str:
         return f"the request body is over the limit of {self.max_bytes} bytes"
 
-    async def _refuse(self, send) -> None:
-        body = json.dumps({"error": self._message(), "field": "body"}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, path: str, send) -> None:
+        status, body = error_body(path, 413, self._message(), "body")
+        body = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})

@@ -8,9 +8,9 @@ from unifork.errors import UserError
 class FieldError(UserError):
     """A request field the client can fix; the answer names the field."""
 
-    def __init__(self, field: str, message: str, status: int = 422):
+    def __init__(self, field: str, message: str, status: int = 422, code: str | None = None):
         super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status = field, message, status
+        self.field, self.message, self.status, self.code = field, message, status, code
 
 
 class QueueFull(Exception):

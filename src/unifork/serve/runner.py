@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
 
+from unifork.errors import UserError
+from unifork.inference.answers import AnswerRequest
 from unifork.inference.pipeline import Pipeline
 from unifork.inference.sampler import CodeRequest, sample_codes_per_request
-from unifork.inference.settings import SamplingSettings
+from unifork.inference.settings import DEFAULT_ANSWER_TOKENS, SamplingSettings
 from unifork.serve.errors import FieldError
 from unifork.serve.limits import MAX_SEED
 from unifork.serve.schemas import GenerateRequest
@@ -32,8 +35,24 @@ class GenerateWork:
 
 @dataclass(frozen=True)
 class AskWork:
+    """Answers about one image: the native /v1/ask (one greedy answer) and chat completions (any settings)."""
+
     image: Image.Image  # RGB, any size: the pipeline resizes it to the tokenizer's canvas
     question: str
+    n: int = 1
+    max_new_tokens: int = DEFAULT_ANSWER_TOKENS
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    on_token: Callable[[int, int, int], None] | None = None  # AnswerRequest.on_token: streaming
+
+    def request(self, device: torch.device) -> AnswerRequest:
+        """A fresh generator on every run: a batch that failed is rerun request by request, and the rerun must
+        draw what the first run drew (a stream has shown part of it already)."""
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        return AnswerRequest(self.question, self.n, self.max_new_tokens, self.temperature, self.top_k, self.top_p,
+                             generator, self.on_token)  # fmt: skip
 
 
 class ModelRunner:
@@ -42,11 +61,11 @@ class ModelRunner:
         self.tasks = pipe.model.tasks
 
     def run_batch(self, kind: str, works: list) -> list:
-        """One result per work: a list of PIL images per GenerateWork, an answer per AskWork."""
+        """One result per work: a list of PIL images per GenerateWork, a list of `Answer`s per AskWork."""
         if kind == "generate":
             return self.generate(works)
         if kind == "ask":
-            return self.pipe.ask_batch([w.image for w in works], [w.question for w in works])
+            return self.pipe.answer([w.image for w in works], [w.request(self.pipe.device) for w in works])
         raise ValueError(f"unknown kind of request: {kind}")
 
     def generate(self, works: list[GenerateWork]) -> list[list[Image.Image]]:
@@ -60,6 +79,12 @@ class ModelRunner:
 
     # --- checks against the model, run on the API side before a request is queued ------------------------------
 
+    def require(self, task: str) -> None:
+        if task not in self.tasks:
+            action = {"gen": "generate images", "und": "answer questions"}[task]
+            raise UserError(f"this server cannot {action}: the '{task}' branch is not loaded (loaded: "
+                            f"{', '.join(self.tasks)}); restart it with --task {task} or --task both")  # fmt: skip
+
     def check_prompt(self, prompt: str) -> None:
         cfg, builder = self.pipe.model.cfg, self.pipe.builder
         markers = len(builder.generate("").tokens)  # BOS and <img>
@@ -69,13 +94,13 @@ class ModelRunner:
             raise FieldError("prompt", f"is {tokens} tokens; the model's context of {cfg.max_seq_len} leaves room "
                                        f"for {room} beside {cfg.image_tokens} image codes")  # fmt: skip
 
-    def check_question(self, question: str) -> None:
+    def check_question(self, question: str, field: str = "question") -> None:
         cfg = self.pipe.model.cfg
         blank = torch.zeros(cfg.image_tokens, dtype=torch.long)
         latents = torch.zeros(cfg.image_tokens, cfg.image_latent_dim)
         width = len(self.pipe.builder.understand(question, blank, latents).tokens)
         if width >= cfg.max_seq_len:  # the answer needs at least one position
-            raise FieldError("question", f"is too long: with the image it takes {width} tokens of the model's context "
+            raise FieldError(field, f"is too long: with the image it takes {width} tokens of the model's context "
                                     f"of {cfg.max_seq_len}; shorten it")  # fmt: skip
 
     def info(self) -> dict:

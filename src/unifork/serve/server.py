@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -14,6 +15,7 @@ from unifork.inference.pipeline import Pipeline
 from unifork.serve.api import build_api
 from unifork.serve.engine import Engine
 from unifork.serve.limits import MAX_IMAGE_BYTES
+from unifork.serve.openai_api import served_name
 from unifork.serve.runner import ModelRunner
 
 TASKS = {"both": None, "gen": "gen", "und": "und"}
@@ -26,10 +28,13 @@ def find_alignment_plot(ckpt: str | Path) -> Path | None:
 
 
 def build_app(ckpt: str | Path, task: str = "both", max_batch: int = 16, queue: int = 64, timeout: float = 60.0,
-              device: str = "cpu", admin: bool = False, ui: bool = True) -> FastAPI:  # fmt: skip
+              device: str = "cpu", admin: bool = False, ui: bool = True, served_model_name: str | None = None) -> FastAPI:  # fmt: skip
     """The whole server as an ASGI app; the engine's worker starts and stops with the app's lifespan."""
     if task not in TASKS:
         raise UserError(f"{param('task')} must be one of {', '.join(TASKS)}, got '{task}'")
+    if served_model_name is not None and not re.fullmatch(r"[\w.:/@+-]{1,200}", served_model_name):
+        raise UserError(f"{param('served_model_name')} must be 1 to 200 letters, digits or . _ - : / @ +, got "
+                        f"'{served_model_name}'")  # fmt: skip
     pipe = Pipeline.from_pretrained(ckpt, task=TASKS[task], device=device)
     runner = ModelRunner(pipe)
     try:
@@ -44,7 +49,8 @@ def build_app(ckpt: str | Path, task: str = "both", max_batch: int = 16, queue: 
         yield
         engine.stop()
 
-    info = {"checkpoint": str(ckpt), "alignment_plot": None if plot is None else str(plot), "ui": ui}
+    info = {"checkpoint": str(ckpt), "alignment_plot": None if plot is None else str(plot), "ui": ui,
+            "model_id": served_model_name or served_name(ckpt), "created": int(Path(ckpt).stat().st_mtime)}  # fmt: skip
     app = build_api(engine, runner, info, admin=admin, lifespan=lifespan)
     app.state.engine = engine
     if ui:
@@ -60,12 +66,13 @@ def build_app(ckpt: str | Path, task: str = "both", max_batch: int = 16, queue: 
 
 
 def serve(ckpt: str | Path, host: str = "127.0.0.1", port: int = 7860, task: str = "both", max_batch: int = 16,
-          queue: int = 64, timeout: float = 60.0, device: str = "cpu", admin: bool = False, ui: bool = True) -> None:  # fmt: skip
+          queue: int = 64, timeout: float = 60.0, device: str = "cpu", admin: bool = False, ui: bool = True,
+          served_model_name: str | None = None) -> None:  # fmt: skip
     import uvicorn
 
     if not _is_loopback(host):
         print(f"warning: serving on {host}, reachable from other machines; the API has no authentication")
-    app = build_app(ckpt, task, max_batch, queue, timeout, device, admin, ui)
+    app = build_app(ckpt, task, max_batch, queue, timeout, device, admin, ui, served_model_name)
     print(f"serving {ckpt} on http://{host}:{port}  (API docs /docs, web demo /ui)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 

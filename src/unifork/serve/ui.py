@@ -121,7 +121,7 @@ def _ask_tab(engine: Engine, runner: ModelRunner) -> gr.Image:
             job = await engine.run("ask", AskWork(image.convert("RGB"), question))
         except SERVING_ERRORS as err:
             raise gr.Error(str(err)) from None
-        return job.future.result()
+        return job.future.result()[0].text
 
     button.click(ask, [image, question], answer, api_name="ask", concurrency_limit=None)
     question.submit(ask, [image, question], answer, api_visibility="private", concurrency_limit=None)
