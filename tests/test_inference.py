@@ -111,6 +111,37 @@ def test_greedy_answers_with_cache_equal_greedy_recompute(pipe):
     assert answer_questions(model, builder, codes, latents, QUESTIONS[:2], max_new_tokens=8) == expected
 
 
+def test_sampled_answers_are_the_same_alone_or_batched_and_reported_token_by_token(pipe):
+    """Each request draws from its own generator with its own settings; on_token sees every token, in order."""
+    from unifork.inference.answers import AnswerRequest, sample_answers
+
+    codes, latents = image_inputs(pipe, 3)
+    reported = {}
+
+    def requests():
+        return [AnswerRequest(QUESTIONS[0], n=2, max_new_tokens=9, temperature=1.0, generator=torch.Generator().manual_seed(1),
+                              on_token=lambda i, pos, tok: reported.setdefault(i, []).append((pos, tok))),
+                AnswerRequest(QUESTIONS[1], max_new_tokens=4),  # greedy, a smaller budget
+                AnswerRequest(QUESTIONS[2], n=3, max_new_tokens=6, temperature=0.8, top_k=50, top_p=0.9,
+                              generator=torch.Generator().manual_seed(2))]  # fmt: skip
+
+    batched = sample_answers(pipe.model, pipe.builder, codes, latents, requests())
+    streamed = {i: [tok for _, tok in events] for i, events in reported.items()}
+    assert streamed == {0: batched[0][0].tokens, 1: batched[0][1].tokens}
+    assert all(pos == k for events in reported.values() for k, (pos, _) in enumerate(events))
+    for j, request in enumerate(requests()):
+        request.on_token = None
+        alone = sample_answers(pipe.model, pipe.builder, codes[j : j + 1], latents[j : j + 1], [request])[0]
+        assert [a.tokens for a in alone] == [a.tokens for a in batched[j]]
+        assert [a.text for a in alone] == [a.text for a in batched[j]]
+    budgets = [9, 9, 4, 6, 6, 6]
+    for answer, budget in zip([a for answers in batched for a in answers], budgets):
+        assert len(answer.tokens) <= budget and (answer.stopped or len(answer.tokens) == budget)
+    assert len({tuple(a.tokens) for a in batched[2]}) > 1  # sampled: the draws differ between answers
+    greedy = answer_questions(pipe.model, pipe.builder, codes[1:2], latents[1:2], QUESTIONS[1:2], max_new_tokens=4)
+    assert greedy == [batched[1][0].text]
+
+
 # --- sampling invariants -------------------------------------------------------------------------------------------
 
 

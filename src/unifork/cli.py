@@ -281,7 +281,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> None:
     from unifork.serve.loadtest import loadtest, summary_lines, write_json
 
     result = loadtest(args.url, concurrency=args.concurrency, requests=args.requests, kind=args.kind, n=args.n,
-                      sequential_baseline=args.sequential_baseline, time_limit=args.time_limit)  # fmt: skip
+                      sequential_baseline=args.sequential_baseline, time_limit=args.time_limit, api=args.api)  # fmt: skip
     print("\n".join(summary_lines(result)))
     if args.json:
         write_json(result, args.json)
@@ -494,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--requests", type=int, default=200, help="requests per run (at most 10000)")
     lt.add_argument("--kind", default="generate", help="generate | ask")
     lt.add_argument("--n", type=int, default=1, help="images per generate request")
+    lt.add_argument("--api", default="native", help="native (/v1/generate, /v1/ask) | openai (/v1/images/generations, "
+                    "/v1/chat/completions): the same requests through either")  # fmt: skip
     lt.add_argument("--sequential-baseline", action="store_true",
                     help="run the same load again with the server's max batch at 1 and report the speedup (needs serve --admin)")
     lt.add_argument("--time-limit", type=float, default=600.0, help="seconds per run; sending stops after that")

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from unifork.atomic import atomic_write_text
 from unifork.errors import UserError, param
+from unifork.inference.settings import DEFAULT_ANSWER_TOKENS
 
 MAX_CONCURRENCY = 256
 MAX_REQUESTS = 10_000
@@ -31,9 +32,16 @@ PROMPTS = ["two red circles", "a blue square to the left of a green triangle", "
 QUESTIONS = ["what color is the circle?", "how many shapes are there?", "is there a square?", "what shape is red?"]
 
 
+ROUTES = {("native", "generate"): "/v1/generate", ("native", "ask"): "/v1/ask",
+          ("openai", "generate"): "/v1/images/generations", ("openai", "ask"): "/v1/chat/completions"}  # fmt: skip
+
+
 def loadtest(url: str, concurrency: int = 16, requests: int = 200, kind: str = "generate", n: int = 1,
-             sequential_baseline: bool = False, time_limit: float = 600.0, warmup: int = 2) -> dict:  # fmt: skip
-    """Run the load (twice with sequential_baseline) and return the figures; each run stops at time_limit."""
+             sequential_baseline: bool = False, time_limit: float = 600.0, warmup: int = 2, api: str = "native") -> dict:  # fmt: skip
+    """Run the load (twice with sequential_baseline) and return the figures; each run stops at time_limit.
+
+    api="openai" sends the same requests through the OpenAI-compatible routes (greedy chat answers of at most
+    DEFAULT_ANSWER_TOKENS tokens, as /v1/ask gives), so the two routes' figures compare the same work."""
     url = check_url(url)
     checks = [
         (1 <= concurrency <= MAX_CONCURRENCY, "concurrency", f"must be between 1 and {MAX_CONCURRENCY}, got {concurrency}"),
@@ -41,11 +49,12 @@ def loadtest(url: str, concurrency: int = 16, requests: int = 200, kind: str = "
         (0 < time_limit <= MAX_TIME_LIMIT_S, "time_limit", f"must be in (0, {MAX_TIME_LIMIT_S}] seconds, got {time_limit}"),
         (kind in ("generate", "ask"), "kind", f"must be generate or ask, got '{kind}'"),
         (1 <= n <= 16, "n", f"must be between 1 and 16, got {n}"),
+        (api in ("native", "openai"), "api", f"must be native or openai, got '{api}'"),
     ]  # fmt: skip
     for ok, name, problem in checks:
         if not ok:
             raise UserError(f"{param(name)} {problem}")
-    return asyncio.run(_loadtest(url, concurrency, requests, kind, n, sequential_baseline, time_limit, warmup))
+    return asyncio.run(_loadtest(url, concurrency, requests, kind, n, sequential_baseline, time_limit, warmup, api))
 
 
 def check_url(url: str) -> str:
@@ -64,10 +73,9 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-async def _loadtest(url, concurrency, requests, kind, n, sequential_baseline, time_limit, warmup) -> dict:
+async def _loadtest(url, concurrency, requests, kind, n, sequential_baseline, time_limit, warmup, api) -> dict:
     import httpx
 
-    bodies = _bodies(kind, requests, n)
     timeout = httpx.Timeout(time_limit + 30)
     pool = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=pool) as client:
@@ -75,15 +83,17 @@ async def _loadtest(url, concurrency, requests, kind, n, sequential_baseline, ti
         needed = {"generate": "gen", "ask": "und"}[kind]
         if needed not in info["tasks"]:
             raise UserError(f"the server at {url} has no '{needed}' branch loaded (it has {', '.join(info['tasks'])})")
-        await _phase(client, kind, bodies[:warmup], min(concurrency, warmup), time_limit)  # first forwards are slow
-        result = {"url": url, "kind": kind, "concurrency": concurrency, "requests": requests, "n": n,
-                  "max_batch": info["engine"]["max_batch"]}  # fmt: skip
-        result["batched"] = await _phase(client, kind, bodies, concurrency, time_limit)
+        bodies = _bodies(kind, requests, n, api, info.get("model_id"))
+        route = ROUTES[api, kind]
+        await _phase(client, route, bodies[:warmup], min(concurrency, warmup), time_limit)  # first forwards are slow
+        result = {"url": url, "kind": kind, "api": api, "route": route, "concurrency": concurrency,
+                  "requests": requests, "n": n, "max_batch": info["engine"]["max_batch"]}  # fmt: skip
+        result["batched"] = await _phase(client, route, bodies, concurrency, time_limit)
         result["sequential"] = None
         if sequential_baseline:
             previous = await _set_max_batch(client, 1)
             try:
-                result["sequential"] = await _phase(client, kind, bodies, concurrency, time_limit)
+                result["sequential"] = await _phase(client, route, bodies, concurrency, time_limit)
             finally:
                 await _set_max_batch(client, previous)
             rates = result["batched"]["items_per_s"], result["sequential"]["items_per_s"]
@@ -113,12 +123,17 @@ async def _set_max_batch(client, max_batch: int) -> int:
     return response.json()["previous"]
 
 
-def _bodies(kind: str, requests: int, n: int) -> list[dict]:
-    """The same list every run: request i has prompt i mod len(PROMPTS) and seed i."""
+def _bodies(kind: str, requests: int, n: int, api: str = "native", model: str | None = None) -> list[dict]:
+    """The same list every run: request i has prompt (or question) i mod len(PROMPTS) and seed i."""
+    served = {"model": model} if api == "openai" else {}
     if kind == "generate":
-        return [{"prompt": PROMPTS[i % len(PROMPTS)], "n": n, "seed": i} for i in range(requests)]
+        return [{**served, "prompt": PROMPTS[i % len(PROMPTS)], "n": n, "seed": i} for i in range(requests)]
     image = _test_image()
-    return [{"image_base64": image, "question": QUESTIONS[i % len(QUESTIONS)]} for i in range(requests)]
+    if api == "native":
+        return [{"image_base64": image, "question": QUESTIONS[i % len(QUESTIONS)]} for i in range(requests)]
+    return [{**served, "temperature": 0, "max_tokens": DEFAULT_ANSWER_TOKENS, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}]}]} for i in range(requests)]  # fmt: skip
 
 
 def _test_image() -> str:
@@ -129,11 +144,10 @@ def _test_image() -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-async def _phase(client, kind: str, bodies: list[dict], concurrency: int, time_limit: float) -> dict:
+async def _phase(client, path: str, bodies: list[dict], concurrency: int, time_limit: float) -> dict:
     """`concurrency` clients send the bodies in order, each starting its next as soon as its last returns."""
     import httpx
 
-    path = {"generate": "/v1/generate", "ask": "/v1/ask"}[kind]
     pending = iter(bodies)
     latencies, errors, items, batch_sizes = [], {}, 0, []
     start = time.monotonic()
@@ -153,7 +167,8 @@ async def _phase(client, kind: str, bodies: list[dict], concurrency: int, time_l
                 errors[status] = errors.get(status, 0) + 1
                 continue
             latencies.append(time.monotonic() - sent)
-            items += len(response.json()["images"]) if kind == "generate" else 1
+            answer = response.json()
+            items += len(answer["images"]) if "images" in answer else len(answer["data"]) if "data" in answer else 1
             batch_sizes.append(int(response.headers.get("x-batch-size", "1")))
 
     await asyncio.gather(*(client_loop() for _ in range(concurrency)))
@@ -183,7 +198,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 def summary_lines(result: dict) -> list[str]:
     unit = "images/s" if result["kind"] == "generate" else "answers/s"
-    lines = []
+    lines = [f"POST {result['route']} ({result['api']} API), concurrency {result['concurrency']}"]
     for name, label in (("batched", f"max batch {result['max_batch']}"), ("sequential", "max batch 1")):
         phase = result.get(name)
         if phase is None:
