@@ -173,7 +173,7 @@ def test_committed_study_results_still_count_as_finished():
     """The committed results are days of CPU time: a change to the recipe format, the evaluation settings or the
     sampling settings must not make a rerun of the study train them again."""
     from unifork.study.presets import PRESETS
-    from unifork.study.run import _recipe_record, evaluation_settings, recorded_evaluation
+    from unifork.study.run import _recipe_record, evaluation_settings, recorded_evaluation, recorded_recipe
     from unifork.train.recipe import load_recipe
 
     preset = PRESETS["default"]
@@ -186,4 +186,4 @@ def test_committed_study_results_still_count_as_finished():
         model = result["recipe"]["model"]
         recipe = replace(base, seed=result["seed"], data=replace(base.data, seed=result["seed"]),
                          model=replace(base.model, sharing=model["sharing"], fork_layer=model["fork_layer"]))  # fmt: skip
-        assert _recipe_record(recipe) == result["recipe"], path.name
+        assert _recipe_record(recipe) == recorded_recipe(result), path.name

@@ -92,6 +92,8 @@ def check_compatible(model: UniFork, text: TextTokenizer, image: ImageCodec) -> 
         (text.vocab_size <= cfg.text_vocab_size, f"text tokenizer has {text.vocab_size} ids", f"text_vocab_size={cfg.text_vocab_size}"),
         (icfg.num_codes <= cfg.image_vocab_size, f"image tokenizer has {icfg.num_codes} codes", f"image_vocab_size={cfg.image_vocab_size}"),
         (icfg.grid**2 == cfg.image_tokens, f"image tokenizer gives {icfg.grid**2} codes per image", f"image_tokens={cfg.image_tokens}"),
+        (icfg.residual_depth == cfg.residual_depth, f"image tokenizer has {icfg.residual_depth} residual levels",
+         f"residual_depth={cfg.residual_depth}"),
         (cfg.und_input != "latents" or icfg.latent_dim == cfg.image_latent_dim, f"image tokenizer latents are "
          f"{icfg.latent_dim}-wide", f"image_latent_dim={cfg.image_latent_dim}"),
     ]  # fmt: skip

@@ -24,7 +24,8 @@ def _cmd_world(args: argparse.Namespace) -> None:
 def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
     from unifork.train.image_tokenizer import REPORT_FILE, SHEET_FILE, TokenizerData, train_image_tokenizer
 
-    data = TokenizerData(source=args.data, eval_source=args.eval_data, image_size=args.image_size, downsample=args.downsample)
+    data = TokenizerData(source=args.data, eval_source=args.eval_data, image_size=args.image_size, downsample=args.downsample,
+                         residual_depth=args.residual_depth)  # fmt: skip
     report = train_image_tokenizer(args.out, steps=args.steps, seed=args.seed, size=args.size, data=data,
                                    batch_size=args.batch_size, resume=args.resume, max_steps=args.max_steps)  # fmt: skip
     if report is None:
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "records of --data, never trained on")  # fmt: skip
     tok_train.add_argument("--image-size", type=int, default=None, help="pixels per side (default 64); a multiple of --downsample")
     tok_train.add_argument("--downsample", type=int, default=None, help="pixels per code along a side, a power of 2 (default 8: 256 px -> 32x32 codes)")
+    tok_train.add_argument("--residual-depth", type=int, default=None, help="codes per position: residual quantization over "
+                           "this many levels (default 1: one code per position; VILA-U uses 4)")  # fmt: skip
     tok_train.add_argument("--steps", type=int, default=None, help="training steps (default: the size preset's)")
     tok_train.add_argument("--batch-size", type=int, default=None, help="images per step (default: the size preset's)")
     tok_train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out exactly")

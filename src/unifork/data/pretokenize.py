@@ -48,7 +48,9 @@ def _write_shard(out: Path, index: int, source, tokenizer: ImageCodec, latents: 
     g, d = tokenizer.cfg.grid**2, tokenizer.cfg.latent_dim
     encoded = _encode(tokenizer, pixels, latents, batch_size) if pixels else {}
     ok = torch.tensor(valid, dtype=torch.bool)
-    tensors = {"codes": torch.zeros(len(records), g, dtype=torch.int32), "valid": ok}
+    # int32 halves the shards; packed residual codes (tokenizers/residual.py) may need all of an int64
+    dtype = torch.int32 if tokenizer.cfg.num_codes**tokenizer.cfg.residual_depth <= 2**31 else torch.int64
+    tensors = {"codes": torch.zeros(len(records), g, dtype=dtype), "valid": ok}
     if latents:
         tensors["latents"] = torch.zeros(len(records), g, d)
     for name, values in encoded.items():

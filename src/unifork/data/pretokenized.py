@@ -1,7 +1,8 @@
 """`pretokenized:PATH`: records whose images the frozen image tokenizer already encoded (`unifork data pretokenize`).
 
     PATH/meta.json                  source spec, tokenizer fingerprint, sizes, shard names and counts
-    PATH/shard-00000.safetensors    codes (N, L) int32, valid (N,) bool, latents (N, L, D) float32 if kept
+    PATH/shard-00000.safetensors    codes (N, L) int32 (int64 for packed residual codes past 2^31), valid (N,) bool,
+                                    latents (N, L, D) float32 if kept
     PATH/shard-00000.jsonl          one {"key", "captions", "qa"} line per row
 
 One output shard per source shard, rows in source order, and a corrupt image stays as a row with valid =

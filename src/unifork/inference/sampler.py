@@ -21,6 +21,7 @@ from unifork.inference.settings import DEFAULTS, SamplingSettings
 from unifork.inference.speculative import speculative_codes
 from unifork.model.unifork import CODE, UniFork
 from unifork.sequences import SequenceBuilder
+from unifork.tokenizers.residual import pack_levels
 
 MAX_IMAGES = 64  # images per call: 2x that many rows under guidance; more is a memory accident, not a request
 
@@ -99,10 +100,7 @@ def _sample_plain(model: UniFork, builder: SequenceBuilder, requests: list[CodeR
     logits, step = decoding(model, "gen", batch, length)
     codes = []
     for i in range(length):
-        code = torch.empty(total, dtype=torch.long, device=feed_rows.device)
-        for r, c, u in zip(requests, cond, uncond):
-            s = r.settings
-            code[c] = sample_next(_guided(logits, c, u, s.cfg_scale), s.temperature, s.top_k, s.top_p, r.generator)
+        code = _draw_codes(model, logits, requests, cond, uncond, feed_rows)
         codes.append(code)
         if i < length - 1:  # an unconditional row continues from its conditional row's code
             logits = step(code[feed_rows], CODE)
@@ -110,8 +108,31 @@ def _sample_plain(model: UniFork, builder: SequenceBuilder, requests: list[CodeR
     return [codes[c] for c in cond]
 
 
+def _draw_codes(model: UniFork, out: torch.Tensor, requests: list[CodeRequest], cond: list[slice],
+                uncond: list[slice | None], feed_rows: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """One code for each conditional row from the step's output: each request's guided logits, drawn from its own
+    generator. At residual depth D > 1 the output is the context the depth head reads, and the code's D levels are
+    drawn one after another, guided at every level: an unconditional row continues from its conditional row's levels."""
+    total = cond[-1].stop
+    depth = model.cfg.residual_depth
+    chosen = torch.empty(out.shape[0], 0, dtype=torch.long, device=out.device)  # every row's levels so far
+    for _ in range(depth):
+        logits = out if depth == 1 else model.code_logits(out, chosen)
+        level = torch.empty(total, dtype=torch.long, device=out.device)
+        for r, c, u in zip(requests, cond, uncond):
+            s = r.settings
+            level[c] = sample_next(_guided(logits, c, u, s.cfg_scale), s.temperature, s.top_k, s.top_p, r.generator)
+        if depth == 1:
+            return level
+        chosen = torch.cat([chosen, level[feed_rows, None]], dim=1)
+    return pack_levels(chosen[:total], model.cfg.image_vocab_size)
+
+
 def sample_speculative(model: UniFork, builder: SequenceBuilder, request: CodeRequest) -> tuple[torch.Tensor, int]:
     """One request's codes (n, image_tokens) by speculative Jacobi decoding, and the forward passes they took."""
+    if model.cfg.residual_depth > 1:
+        raise UserError(f"speculative decoding works on one code per image position; this model has "
+                        f"{model.cfg.residual_depth} residual codes per position: sample with speculative=0")  # fmt: skip
     batch, (c,), (u,), feed_rows = _rows(model, builder, [request])
     s = request.settings
 

@@ -18,7 +18,11 @@ UND_INPUTS = ("latents", "codes", "vision")
 @dataclass(frozen=True)
 class ModelConfig:
     text_vocab_size: int = 512
-    image_vocab_size: int = 512  # codes of the image tokenizer
+    image_vocab_size: int = 512  # codes of the image tokenizer (per residual level)
+    # Codes per image position (the tokenizer's residual_depth); at D > 1 a depth head (model/depth_head.py) of
+    # depth_head_layers blocks predicts them one level after another, and an input position embeds their sum.
+    residual_depth: int = 1
+    depth_head_layers: int = 2
     image_tokens: int = 64  # codes per image (grid * grid): the generation branch predicts this many
     image_latent_dim: int = 64  # width of the tokenizer's continuous latents (understanding input)
     d_model: int = 256
@@ -57,6 +61,8 @@ class ModelConfig:
             ((self.d_model // self.n_heads) % 2 == 0, "the head dimension d_model / n_heads must be even for RoPE"),
             (self.und_input in UND_INPUTS, f"und_input must be one of {', '.join(UND_INPUTS)}, got '{self.und_input}'"),
             ((self.und_input == "vision") == bool(self.vision), "und_input 'vision' and a vision encoder spec go together"),
+            (self.image_vocab_size**self.residual_depth < 2**62,
+             f"image_vocab_size ** residual_depth must fit an int64 (packed codes), got {self.image_vocab_size}**{self.residual_depth}"),
             (not self.rope_2d or math.isqrt(self.image_tokens) ** 2 == self.image_tokens,
              f"rope_2d needs a square image grid, got image_tokens {self.image_tokens}"),
         ]  # fmt: skip

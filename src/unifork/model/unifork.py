@@ -5,7 +5,7 @@
       trunk: embeddings + the shared layers          (both tasks)
               /                          \\
     und branch: its per-task layers      gen branch: its per-task layers
-    + norm + text head                   + norm + image-code head
+    + norm + text head                   + norm + image-code head (+ the depth head over residual codes)
 
 The sharing plan (model/sharing.py) says which layers are shared: the Y shares layers [0, fork_layer); `shared`
 is one stack with two heads, `separate` two task-specific models that share only the embeddings, and x, inverted
@@ -25,8 +25,10 @@ from torch import nn
 from unifork.errors import UserError
 from unifork.model.blocks import Block, LayerCache, RMSNorm, Rotary
 from unifork.model.config import ModelConfig
+from unifork.model.depth_head import DepthHead, level_logits, next_level_logits
 from unifork.model.sharing import PER_TASK, SHARED, layer_modules
 from unifork.model.vision import VisionEncoder
+from unifork.tokenizers.residual import unpack_levels
 
 # What fills a sequence position: a text token, an image code, or a slot for one projected image latent.
 TEXT, CODE, LATENT = 0, 1, 2
@@ -96,7 +98,9 @@ class Trunk(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.text_embed = nn.Embedding(cfg.text_vocab_size, cfg.d_model)
-        self.image_embed = nn.Embedding(cfg.image_vocab_size, cfg.d_model)
+        # one table per residual level; a position's input is the sum of its levels' embeddings (VILA-U)
+        self.image_embed = nn.Embedding(cfg.residual_depth * cfg.image_vocab_size, cfg.d_model)
+        self.residual_depth, self.num_codes = cfg.residual_depth, cfg.image_vocab_size
         # 2-layer MLP projector with GELU, as LLaVA-1.5 and UniFork use for the understanding input.
         self.projector = nn.Sequential(
             nn.Linear(cfg.image_latent_dim, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model)
@@ -113,22 +117,38 @@ class Trunk(nn.Module):
         x = self.text_embed.weight.new_zeros(b, t, self.text_embed.embedding_dim)
         text, code, latent = (batch.kinds == k for k in (TEXT, CODE, LATENT))
         x[text] = self.text_embed(batch.tokens[text])
-        x[code] = self.image_embed(batch.tokens[code])
+        x[code] = self.embed_codes(batch.tokens[code])
         if batch.latents is not None and batch.latents.numel():
             features = batch.latents if self.vision is None else self.vision(batch.latents)
             x[latent] = self.projector(features).flatten(0, 1)
         cells = batch.grid_cells().clamp_max(self.image_pos.num_embeddings - 1)
         return x + self.image_pos(cells) * (code | latent).unsqueeze(-1)
 
+    def embed_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input vectors of packed image ids (tokenizers/residual.py): the sum of their levels' embeddings."""
+        if self.residual_depth == 1:
+            return self.image_embed(ids)
+        levels = unpack_levels(ids, self.num_codes, self.residual_depth)
+        offsets = torch.arange(self.residual_depth, device=ids.device) * self.num_codes
+        return self.image_embed(levels + offsets).sum(-2)
+
 
 class Branch(nn.Module):
-    """One task's own layers (the plan's per-task layers, in layer order) + final norm + output head."""
+    """One task's own layers (the plan's per-task layers, in layer order) + final norm + output head; the gen branch
+    at residual depth D > 1 has a depth head, and its head holds one output matrix per level (D * codes rows)."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, depth: int = 1):
         super().__init__()
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.plan.count(PER_TASK)))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, depth * vocab_size, bias=False)
+        self.depth = DepthHead(cfg) if depth > 1 else None
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """The branch's output at hidden states h (..., C): logits, or at depth > 1 the normed context (..., C) that
+        the depth head reads level by level (code_logits)."""
+        context = self.norm(h)
+        return context if self.depth is not None else self.head(context)
 
 
 class UniFork(nn.Module):
@@ -140,7 +160,7 @@ class UniFork(nn.Module):
         self.trunk = Trunk(cfg)
         # A branch that is not loaded is None (task-only loading saves its memory).
         self.und = Branch(cfg, cfg.text_vocab_size) if "und" in tasks else None
-        self.gen = Branch(cfg, cfg.image_vocab_size) if "gen" in tasks else None
+        self.gen = Branch(cfg, cfg.image_vocab_size, cfg.residual_depth) if "gen" in tasks else None
         if cfg.tie_word_embeddings and self.und is not None:
             # One matrix reads and writes text, as in Qwen2.5-0.5B; checkpoint.py stores it once.
             self.und.head.weight = self.trunk.text_embed.weight
@@ -221,8 +241,14 @@ class UniFork(nn.Module):
             h = self._run(self.path_layers(task), x[rows, cols], positions[..., rows, cols], mask, None)
             branch = self.branch(task)
             supervised = targets != IGNORE
-            logits = branch.head(branch.norm(h[supervised]))  # only where a loss applies: (N, V)
-            losses[task] = F.cross_entropy(logits.float(), targets[supervised])
+            if branch.depth is None:
+                logits = branch.head(branch.norm(h[supervised]))  # only where a loss applies: (N, V)
+                losses[task] = F.cross_entropy(logits.float(), targets[supervised])
+            else:  # every level of every code, teacher-forced on the levels before it
+                levels = unpack_levels(targets[supervised], self.cfg.image_vocab_size, self.cfg.residual_depth)
+                outputs = branch.depth(branch.norm(h[supervised]), levels[:, :-1])
+                logits = level_logits(branch.head, outputs, self.cfg.image_vocab_size)  # (N, D, K)
+                losses[task] = F.cross_entropy(logits.flatten(0, 1).float(), levels.flatten())
         losses["loss"] = sum(losses.values())
         return losses
 
@@ -238,19 +264,25 @@ class UniFork(nn.Module):
         """Run new positions through the trunk and `task`'s branch with a KV cache (prefill or decode).
 
         batch holds only the new positions (B, T_new); valid_so_far (B, S) covers cached + new positions.
-        Returns the branch's logits at the new positions, (B, T_new, V).
+        Returns the branch's readout at the new positions: logits (B, T_new, V), or for gen at residual depth > 1
+        the context (B, T_new, C) that code_logits reads.
         """
         branch = self.branch(task)
         mask = attention_mask(valid_so_far, batch.tokens.shape[1])
         h = self._run(self.path_layers(task), self.trunk.embed(batch), positions, mask, cache)
-        return branch.head(branch.norm(h))
+        return branch.readout(h)
 
     def logits(self, task: str, batch: Batch) -> torch.Tensor:
-        """Full-recompute logits of `task`'s branch at every position, (B, T, V): the reference for the cache."""
+        """Full-recompute readout of `task`'s branch at every position, as `step` gives it: the reference for the cache."""
         positions, mask = self.rope_positions(batch), attention_mask(batch.valid, batch.tokens.shape[1])
-        branch = self.branch(task)
         h = self._run(self.path_layers(task), self.trunk.embed(batch), positions, mask, None)
-        return branch.head(branch.norm(h))
+        return self.branch(task).readout(h)
+
+    def code_logits(self, context: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """At residual depth > 1: logits (N, K) of the next level's code from a position's context (N, C) and the
+        codes chosen at its earlier levels (N, d)."""
+        gen = self.branch("gen")
+        return next_level_logits(gen.head, gen.depth, context, levels)
 
     def path_layers(self, task: str) -> tuple[Block, ...]:
         """The blocks `task`'s path runs through, in layer order; a block on both tasks' paths is shared."""

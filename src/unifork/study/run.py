@@ -21,6 +21,7 @@ from unifork.atomic import atomic_write_text
 from unifork.errors import UserError, param
 from unifork.study.plans import RECOMMENDED, plan_config
 from unifork.study.presets import PRESETS, StudyPreset
+from unifork.train.recipe import DICTATED_FIELDS
 
 
 def run_study(out: str | Path, quick: bool = False, plans: tuple[str, ...] | None = None,
@@ -100,7 +101,8 @@ def _train_and_evaluate(recipe, out: Path, results_dir: Path, preset: StudyPrese
     trained = {"recipe": _recipe_record(recipe), "tokenizer_sha256": tokenizer}
     if result_path.is_file():
         result = json.loads(result_path.read_text())
-        same_model = all(result.get(key) == value for key, value in trained.items())
+        recorded = result | {"recipe": recorded_recipe(result)}
+        same_model = all(recorded.get(key) == value for key, value in trained.items())
         if same_model and recorded_evaluation(result) == evaluation_settings(preset):
             return result  # finished earlier: a rerun resumes the study, it does not redo it
         if same_model and (run_dir / "checkpoint").is_dir():  # evaluated otherwise: evaluate again, not retrain
@@ -137,6 +139,21 @@ def evaluation_settings(preset: StudyPreset) -> dict:
 
 # Sampling settings added after results were recorded, with the value that samples as before they existed.
 SAMPLING_BEFORE = {"speculative": 0}
+
+
+# Model config fields added after results were recorded, with the value every model before them had.
+MODEL_BEFORE = {"residual_depth": 1, "depth_head_layers": 2}
+
+
+def recorded_recipe(result: dict) -> dict | None:
+    """A result's recipe, with the model fields it predates at the value its model had (in the model, and in what
+    its size preset stated, for the fields a preset states)."""
+    recipe = result.get("recipe")
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict):
+        return recipe
+    stated = {k: v for k, v in MODEL_BEFORE.items() if k not in DICTATED_FIELDS}
+    keys = recipe.get("model_keys")
+    return recipe | {"model": MODEL_BEFORE | recipe["model"]} | ({"model_keys": stated | keys} if keys else {})
 
 
 def recorded_evaluation(result: dict) -> dict | None:

@@ -1,8 +1,10 @@
 """What every command needs of an image tokenizer, whichever network is inside (ours, or a pretrained one).
 
-    cfg             image_size (pixels per side it encodes), grid (codes per side), num_codes (its vocabulary),
-                    latent_dim (width of the continuous latents the understanding branch may read), to_json()
-    encode          float (B, 3, H, W) images in [-1, 1] -> long codes (B, grid*grid), row-major
+    cfg             image_size (pixels per side it encodes), grid (codes per side), num_codes (its vocabulary, per
+                    residual level), residual_depth (codes per position), latent_dim (width of the continuous
+                    latents the understanding branch may read), to_json()
+    encode          float (B, 3, H, W) images in [-1, 1] -> long codes (B, grid*grid), row-major; at residual
+                    depth > 1 each a position's levels packed into one id (tokenizers/residual.py)
     decode          codes -> images (B, 3, H, W) clamped to [-1, 1]
     encode_latents  images -> continuous latents (B, grid*grid, latent_dim)
     save            a directory that tokenizers/loading.py's load_image_tokenizer reads back

@@ -41,6 +41,10 @@ class PretrainedTokenizerConfig:
     pixel_std: tuple[float, ...] = (0.5, 0.5, 0.5)  # (0.5, 0.5): the [-1, 1] range every VQGAN here trains on
     source: str = ""  # the checkpoint it was imported from, for provenance
 
+    @property
+    def residual_depth(self) -> int:
+        return 1  # one code per position: no imported tokenizer here is residual
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 

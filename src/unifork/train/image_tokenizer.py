@@ -23,6 +23,7 @@ from unifork.errors import UserError, param
 from unifork.eval.image_quality import reconstruction_metrics
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from unifork.tokenizers.objectives import SemanticHead, cell_labels
+from unifork.tokenizers.residual import unpack_levels
 from unifork.tokenizers.reconstruct import reconstruction_sheet
 from unifork.tokenizers.text import TextTokenizer, world_corpus
 from unifork.train.graceful_stop import GracefulStop
@@ -31,6 +32,7 @@ from unifork.train.schedule import progress_bar, warmup_cosine
 from unifork.train.tokenizer_images import SourceImages, WorldImages, source_corpus, source_eval_images, world_data
 
 STATE_FILE = "tokenizer_state.pt"
+MAX_RESIDUAL_DEPTH = 8  # VILA-U uses 4; the packed ids of 8 levels of 512 codes still fit an int64
 REPORT_FILE = "report.json"
 SHEET_FILE = "reconstructions.png"
 
@@ -63,12 +65,14 @@ RECIPES = {
 
 @dataclass(frozen=True)
 class TokenizerData:
-    """What the tokenizer trains on: the world, or any source a recipe's [data] accepts (data/spec.py)."""
+    """What the tokenizer trains on (the world, or any source a recipe's [data] accepts: data/spec.py), and the
+    shape of the codes it makes of it."""
 
     source: str = "world"
     eval_source: str = ""  # held-out images; empty: the world's held-out splits, or 1 in 50 records of source
     image_size: int | None = None  # None: the recipe's
     downsample: int | None = None  # pixels per code along a side (a power of 2); None: the recipe's
+    residual_depth: int | None = None  # codes per position (residual quantization); None: the recipe's (1)
 
     @property
     def world(self) -> bool:
@@ -138,8 +142,12 @@ def _recipe(size: str, steps: int | None, batch_size: int | None, data: Tokenize
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if value is not None and value < 1:
             raise UserError(f"{param(name)} must be at least 1, got {value}")
-    recipe = replace(recipe, steps=steps or recipe.steps, batch_size=batch_size or recipe.batch_size,
-                     model=sized_config(recipe.model, data.image_size, data.downsample))  # fmt: skip
+    model = sized_config(recipe.model, data.image_size, data.downsample)
+    if data.residual_depth is not None:
+        if not 1 <= data.residual_depth <= MAX_RESIDUAL_DEPTH:
+            raise UserError(f"{param('residual_depth')} must be between 1 and {MAX_RESIDUAL_DEPTH}, got {data.residual_depth}")
+        model = replace(model, residual_depth=data.residual_depth)
+    recipe = replace(recipe, steps=steps or recipe.steps, batch_size=batch_size or recipe.batch_size, model=model)
     if not data.world:  # the per-cell labels exist only where the scene is known
         recipe = replace(recipe, semantic_weight=0.0)
     return recipe
@@ -242,7 +250,10 @@ def _measure(fit: _Fit, eval_sets: dict, data: TokenizerData, out: Path) -> dict
     for name, images in sets.items():
         metrics = reconstruction_metrics(model, images)
         report |= {f"psnr_{name}": round(metrics["psnr"], 2), f"ssim_{name}": metrics["ssim"], f"n_{name}": len(images)}
-    report["codebook_usage"] = round(_codebook_usage(model, torch.cat(list(sets.values()))), 4)
+    usage = _codebook_usage(model, torch.cat(list(sets.values())))
+    report["codebook_usage"] = round(sum(usage) / len(usage), 4)  # the mean over the residual levels
+    if len(usage) > 1:
+        report |= {"residual_depth": len(usage), "codebook_usage_per_level": [round(u, 4) for u in usage]}
     if not data.world:
         report |= {"eval_data": data.eval_source or f"1 in 50 records of {data.source}, held out of training",
                    "skipped_corrupt": fit.images.skipped}  # fmt: skip
@@ -255,7 +266,8 @@ def _measure(fit: _Fit, eval_sets: dict, data: TokenizerData, out: Path) -> dict
 
 
 @torch.no_grad()
-def _codebook_usage(model: ImageTokenizer, images: torch.Tensor, batch: int = 256) -> float:
-    """Fraction of the codebook used at least once over the images."""
-    used = torch.cat([model.encode(chunk).flatten() for chunk in images.split(batch)]).unique()
-    return used.numel() / model.cfg.num_codes
+def _codebook_usage(model: ImageTokenizer, images: torch.Tensor, batch: int = 256) -> list[float]:
+    """Fraction of each level's codebook used at least once over the images (one entry per residual level)."""
+    codes = torch.cat([model.encode(chunk).flatten() for chunk in images.split(batch)])
+    levels = unpack_levels(codes, model.cfg.num_codes, model.cfg.residual_depth)  # (N, D)
+    return [level.unique().numel() / model.cfg.num_codes for level in levels.T]

@@ -26,7 +26,8 @@ PARAM_GROUPS_HELP = ("trunk.*, trunk.projector.*, trunk.layers.*, und.*, gen.*, 
 OPTIMIZERS = ("adamw", "muon")
 # Filled in from the tokenizers (and a vision encoder), not the [model] table (trainer._model_config), so a size
 # preset says nothing of them.
-DICTATED_FIELDS = ("text_vocab_size", "image_vocab_size", "image_tokens", "image_latent_dim", "und_input", "vision")
+DICTATED_FIELDS = ("text_vocab_size", "image_vocab_size", "image_tokens", "image_latent_dim", "residual_depth", "und_input",
+                   "vision")  # fmt: skip
 
 
 @dataclass(frozen=True)

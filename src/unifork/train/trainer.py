@@ -195,7 +195,8 @@ def _model_config(recipe: Recipe, text: TextTokenizer, image: ImageCodec) -> Mod
     """The recipe's model, with the vocabulary and image sizes the tokenizers dictate; a [model] table that states
     one of them (as a resolved recipe.toml does) must agree, or this is not the tokenizer it was trained with."""
     dictated = {"text_vocab_size": text.vocab_size, "image_vocab_size": image.cfg.num_codes,
-                "image_tokens": image.cfg.grid**2, "image_latent_dim": image.cfg.latent_dim}  # fmt: skip
+                "image_tokens": image.cfg.grid**2, "image_latent_dim": image.cfg.latent_dim,
+                "residual_depth": image.cfg.residual_depth}  # fmt: skip
     if recipe.vision_encoder:  # its features, not the tokenizer's latents, are the understanding input
         spec = read_vision_encoder(recipe.vision_encoder, recipe.vision_layer)[0]
         dictated |= {"image_latent_dim": feature_width(spec), "und_input": "vision", "vision": spec}
