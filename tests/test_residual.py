@@ -1,5 +1,6 @@
 """Residual image codes: the residual tokenizer, packed ids, and the depth head that generates them."""
 
+import itertools
 import json
 
 import pytest
@@ -17,7 +18,7 @@ from unifork.inference.settings import SamplingSettings
 from unifork.model import UniFork, named_config
 from unifork.model.config import ModelConfig
 from unifork.model.unifork import CODE, IGNORE, Batch
-from unifork.sequences import Example
+from unifork.sequences import Example, SequenceBuilder
 from unifork.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from unifork.tokenizers.residual import pack_levels, unpack_levels
 from unifork.tokenizers.text import TextTokenizer, world_corpus
@@ -214,5 +215,69 @@ def test_a_residual_checkpoint_generates_through_the_pipeline(pipe, tmp_path):
     assert torch.equal(loaded.generate_codes("two red circles", n=2, seed=0), pipe.generate_codes("two red circles", n=2, seed=0))
     assert Pipeline.from_pretrained(tmp_path, task="gen").generate_codes("a", n=1, seed=1).shape == (1, 16)
     assert isinstance(loaded.ask(images[0], "what color is the circle?"), str)  # understanding reads the latents
-    with pytest.raises(UserError, match="speculative"):
-        loaded.generate_codes("a", n=1, seed=0, speculative=4)
+
+
+# --- speculative decoding over positions of residual codes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_greedy_speculative_equals_plain_at_depth_three(window):
+    pipe = residual_pipeline()
+    model = pipe.model.double()
+    plain = sample_image_codes(model, pipe.builder, CAPTIONS, SamplingSettings(cfg_scale=3.0, temperature=0))
+    fast = sample_image_codes(model, pipe.builder, CAPTIONS, SamplingSettings(cfg_scale=3.0, temperature=0, speculative=window))
+    assert torch.equal(fast, plain)
+
+
+POSITIONS, K, DEPTH = 4, 2, 2  # 4 packed codes per position, 4**4 = 256 images: each one's probability exactly
+
+
+def exact_residual_distribution(model, builder, caption: str, settings: SamplingSettings) -> torch.Tensor:
+    """The probability (K**D,) * POSITIONS of every image under the plain sampler's rule, by full recompute: at each
+    position the guided, filtered level distributions, multiplied over the levels."""
+    from unifork.inference.draws import token_probs
+
+    vocab = K**DEPTH
+    prompts = [builder.generate(caption), builder.generate("")]
+    logp = torch.zeros((vocab,) * POSITIONS, dtype=torch.float64)
+    for length in range(POSITIONS):
+        prefixes = list(itertools.product(range(vocab), repeat=length))
+        rows = [Example(p.task, p.tokens + list(s), p.kinds + [CODE] * length, p.targets + [IGNORE] * length, p.latents)
+                for s in prefixes for p in prompts]  # fmt: skip
+        with torch.no_grad():
+            context = model.logits("gen", builder.collate(rows))[:, -1]
+            code_p = torch.ones(len(prefixes), vocab, dtype=torch.float64)
+            for code in range(vocab):
+                levels = unpack_levels(torch.tensor(code), K, DEPTH)
+                for d in range(DEPTH):
+                    chosen = levels[:d].expand(len(rows), d)
+                    logits = model.code_logits(context, chosen).float()
+                    guided = logits[1::2] + settings.cfg_scale * (logits[0::2] - logits[1::2])
+                    probs = token_probs(guided, settings.temperature, settings.top_k, settings.top_p)
+                    code_p[:, code] *= probs[:, levels[d]].double()
+        shape = (vocab,) * length + (vocab,) + (1,) * (POSITIONS - length - 1)
+        logp = logp + code_p.log().reshape(shape)
+    return logp.exp()
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_speculative_samples_the_plain_distribution_of_residual_codes(window):
+    """As test_speculative's test: the chi-square of sampled images against the exact probability of each pair of
+    neighbouring positions, here with the residual drawn by rejection; window 0 checks the exact distribution."""
+    from test_speculative import pair_pvalues
+
+    text = TextTokenizer.train(world_corpus(150), vocab_size=320)
+    cfg = named_config("debug", text_vocab_size=text.vocab_size, image_vocab_size=K, residual_depth=DEPTH, image_tokens=POSITIONS)
+    torch.manual_seed(3)
+    model = UniFork(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 1.0)  # spread distributions (0.35 / 0.65 on a position's top two codes): a wrong rule shows
+    builder = SequenceBuilder(text, cfg)
+    settings = SamplingSettings(cfg_scale=2.0, temperature=1.2, top_p=0.95, speculative=window)
+    exact = exact_residual_distribution(model, builder, CAPTIONS[1], settings)
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_image_codes(model, builder, [CAPTIONS[1]] * 64, settings, generator) for _ in range(40)])
+    pvalues = pair_pvalues(draws, exact)
+    assert min(pvalues) > 1e-4, f"chi-square p-values of the position pairs: {pvalues}"

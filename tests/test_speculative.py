@@ -110,11 +110,13 @@ def exact_distribution(model, builder, caption: str, settings: SamplingSettings)
 
 
 def pair_pvalues(draws: torch.Tensor, exact: torch.Tensor) -> list[float]:
-    """Chi-square p-value of each pair of neighbouring codes (a, a + 1) in draws (N, CODES) against `exact`."""
+    """Chi-square p-value of each pair of neighbouring codes (a, a + 1) in draws (N, codes) against `exact`, the
+    probability (vocab,) * codes of every code sequence."""
     pvalues = []
-    for a in range(CODES - 1):
-        expected = exact.sum(dim=tuple(i for i in range(CODES) if i not in (a, a + 1))).flatten() * len(draws)
-        observed = torch.bincount(draws[:, a] * VOCAB + draws[:, a + 1], minlength=VOCAB**2).double()
+    codes, vocab = exact.dim(), exact.shape[0]
+    for a in range(codes - 1):
+        expected = exact.sum(dim=tuple(i for i in range(codes) if i not in (a, a + 1))).flatten() * len(draws)
+        observed = torch.bincount(draws[:, a] * vocab + draws[:, a + 1], minlength=vocab**2).double()
         support = expected > 0
         assert observed[~support].sum() == 0, f"codes ({a}, {a + 1}) drew a pair of probability 0"
         # pool the rare cells (expected < 5) into one, as the chi-square approximation needs

@@ -19,6 +19,7 @@ from unifork.inference.decoding import Decoding, cached_decoding
 from unifork.inference.draws import sample_next, token_probs
 from unifork.inference.settings import DEFAULTS, SamplingSettings
 from unifork.inference.speculative import speculative_codes
+from unifork.inference.speculative_levels import speculative_level_codes
 from unifork.model.unifork import CODE, UniFork
 from unifork.sequences import SequenceBuilder
 from unifork.tokenizers.residual import pack_levels
@@ -130,11 +131,16 @@ def _draw_codes(model: UniFork, out: torch.Tensor, requests: list[CodeRequest], 
 
 def sample_speculative(model: UniFork, builder: SequenceBuilder, request: CodeRequest) -> tuple[torch.Tensor, int]:
     """One request's codes (n, image_tokens) by speculative Jacobi decoding, and the forward passes they took."""
-    if model.cfg.residual_depth > 1:
-        raise UserError(f"speculative decoding works on one code per image position; this model has "
-                        f"{model.cfg.residual_depth} residual codes per position: sample with speculative=0")  # fmt: skip
     batch, (c,), (u,), feed_rows = _rows(model, builder, [request])
     s = request.settings
+    if model.cfg.residual_depth > 1:
+
+        def level_probs(contexts: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+            rows, t, width = contexts.shape
+            logits = model.code_logits(contexts.reshape(-1, width), levels[feed_rows].flatten(0, 1)).view(rows, t, -1)
+            return token_probs(_guided(logits, c, u, s.cfg_scale), s.temperature, s.top_k, s.top_p)
+
+        return speculative_level_codes(model, batch, feed_rows, level_probs, s.speculative, request.generator)
 
     def target(logits: torch.Tensor) -> torch.Tensor:
         return token_probs(_guided(logits, c, u, s.cfg_scale), s.temperature, s.top_k, s.top_p)

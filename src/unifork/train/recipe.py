@@ -58,6 +58,7 @@ class TokenizerTable:
     batch_size: int = 0
     image_size: int = 0
     downsample: int = 0
+    residual_depth: int = 0  # codes per position (residual quantization); the model gets a depth head at > 1
     eval_source: str = ""  # held-out images for its report; empty: 1 in 50 records of the data
     image_tokenizer: str = ""  # use this image tokenizer directory as is (e.g. `tokenizer from-hf`): only text trains
 

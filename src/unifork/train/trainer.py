@@ -180,7 +180,8 @@ def _prepare_tokenizers(recipe: Recipe, out: Path, progress: bool) -> tuple[Text
             tok_dir.mkdir(parents=True, exist_ok=True)
             train_text_tokenizer(tok_dir, recipe.data.source, seed=recipe.seed)
         else:
-            data = TokenizerData(recipe.data.source, table.eval_source, table.image_size or None, table.downsample or None)
+            data = TokenizerData(recipe.data.source, table.eval_source, table.image_size or None, table.downsample or None,
+                                 table.residual_depth or None)  # fmt: skip
             train_image_tokenizer(tok_dir, steps=table.steps or None, seed=recipe.seed, size=table.size, data=data,
                                   batch_size=table.batch_size or None, progress=progress)  # fmt: skip
     if image is None:
@@ -188,6 +189,9 @@ def _prepare_tokenizers(recipe: Recipe, out: Path, progress: bool) -> tuple[Text
         if table.image_size and image.cfg.image_size != table.image_size:
             raise UserError(f"{tok_dir} holds an image tokenizer for {image.cfg.image_size} px images, but [tokenizer] "
                             f"image_size is {table.image_size}; delete {tok_dir} to train a new one")  # fmt: skip
+        if table.residual_depth and image.cfg.residual_depth != table.residual_depth:
+            raise UserError(f"{tok_dir} holds an image tokenizer of residual depth {image.cfg.residual_depth}, but "
+                            f"[tokenizer] residual_depth is {table.residual_depth}; delete {tok_dir} to train a new one")  # fmt: skip
     return TextTokenizer.load(tok_dir), image
 
 
