@@ -360,3 +360,14 @@ def test_config_flags_are_typed_and_default_to_the_native_layout():
         ModelConfig.from_dict({"tie_word_embeddings": 1})
     with pytest.raises(UserError, match="'n_layers' .* must be int"):
         ModelConfig.from_dict({"n_layers": True})
+
+
+def test_fork_hf_with_a_residual_image_tokenizer_gets_a_depth_head(converted, tmp_path):
+    hf, hf_dir, _ = converted["llama"]
+    torch.manual_seed(0)
+    ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=(16, 32, 64), residual_depth=3)).save(tmp_path / "rq")
+    fork_hf(hf_dir, 2, tmp_path / "fork", image_tokenizer_dir=tmp_path / "rq")
+    model = load_model(tmp_path / "fork")
+    assert model.cfg.residual_depth == 3 and model.gen.depth is not None
+    assert max_diff(model, hf, text_batch([23, 9, 17], BPE_SIZE), BPE_SIZE) <= TOL  # the und path is still the LM's
+    assert Pipeline.from_pretrained(tmp_path / "fork").generate_codes("a", n=1, seed=0).shape == (1, 16)

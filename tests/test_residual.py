@@ -281,3 +281,42 @@ def test_speculative_samples_the_plain_distribution_of_residual_codes(window):
     draws = torch.cat([sample_image_codes(model, builder, [CAPTIONS[1]] * 64, settings, generator) for _ in range(40)])
     pvalues = pair_pvalues(draws, exact)
     assert min(pvalues) > 1e-4, f"chi-square p-values of the position pairs: {pvalues}"
+
+
+# --- everything else at depth > 1 -------------------------------------------------------------------------------------
+
+
+def test_residual_codes_through_pretokenized_data_training_and_serving(tmp_path):
+    """Depth 4 of 512 codes (ids past 2^31): pretokenized shards keep them exactly, a recipe trains a depth-head
+    model on them, and the checkpoint generates through the pipeline, speculative decoding and the server's runner."""
+    from conftest import noise_folder
+    from safetensors.torch import load_file
+    from test_data import STAGE, make_pool
+    from test_train import write_recipe
+
+    from unifork.data import pretokenize
+    from unifork.serve.runner import GenerateWork, ModelRunner
+    from unifork.train.trainer import train
+
+    tok = tmp_path / "tok"
+    TextTokenizer.train(world_corpus(200)).save(tok)
+    torch.manual_seed(0)
+    ImageTokenizer(ImageTokenizerConfig(channels=(16, 32, 64), residual_depth=4)).eval().save(tok)
+    (tmp_path / "noise").mkdir()
+    source = noise_folder(tmp_path / "noise", n=6, size=64)
+    pretokenize(source, tok, tmp_path / "pre", progress=False)
+    shard = load_file(str(tmp_path / "pre" / "shard-00000.safetensors"))
+    assert shard["codes"].dtype == torch.int64 and int(shard["codes"].max()) >= 2**31
+    raw, pre = make_pool(source, tok), make_pool(f"pretokenized:{tmp_path / 'pre'}", tok)
+    for step in range(2):
+        assert torch.equal(raw.batch(STAGE, 0, step).tokens, pre.batch(STAGE, 0, step).tokens)
+
+    final = train(write_recipe(tmp_path / "r.toml", tok, gen_steps=2, joint_steps=3), tmp_path / "run", progress=False)
+    pipe = Pipeline.from_pretrained(final)
+    assert pipe.model.cfg.residual_depth == 4 and pipe.model.gen.depth is not None
+    plain = pipe.generate_codes("two red circles", n=2, seed=0)
+    assert unpack_levels(plain, 512, 4).shape == (2, 64, 4)
+    assert pipe.generate_codes("two red circles", n=1, seed=0, speculative=8).shape == (1, 64)
+    work = GenerateWork("two red circles", 2, SamplingSettings(), 0)
+    (images,) = ModelRunner(pipe).generate([work])
+    assert [image.size for image in images] == [(64, 64)] * 2

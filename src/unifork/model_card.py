@@ -56,8 +56,7 @@ def summary_lines(facts: dict) -> list[str]:
         f"UniFork, sharing plan {cfg.plan} ({cfg.plan.count('s')} shared layers of {cfg.n_layers}), d_model {cfg.d_model}, "
         f"{cfg.n_heads} heads ({cfg.n_kv_heads} key/value), context {cfg.max_seq_len}",
         f"parameters: {p['total'] / 1e6:.2f}M (trunk {p['trunk'] / 1e6:.2f}M, und {p['und'] / 1e6:.2f}M, gen {p['gen'] / 1e6:.2f}M)",
-        f"images: {cfg.image_tokens} codes of {cfg.image_vocab_size}; understanding input: {cfg.und_input}; "
-        f"text vocabulary {cfg.text_vocab_size}",
+        f"images: {_image_codes(cfg)}; understanding input: {cfg.und_input}; text vocabulary {cfg.text_vocab_size}",
     ]
     recipe = facts.get("recipe")
     if recipe:
@@ -122,3 +121,10 @@ def record_evaluation(directory: str | Path, source: str, figures: dict[str, flo
     data = {"source": source, "figures": {name: round(float(v), 4) for name, v in figures.items()}}
     atomic_write_text(directory / EVALUATION_FILE, json.dumps(data, indent=2))
     write_card(directory)
+
+
+def _image_codes(cfg) -> str:
+    if cfg.residual_depth == 1:
+        return f"{cfg.image_tokens} codes of {cfg.image_vocab_size}"
+    return (f"{cfg.image_tokens} positions of {cfg.residual_depth} residual codes of {cfg.image_vocab_size} "
+            f"(a {cfg.depth_head_layers}-layer depth head)")

@@ -69,6 +69,7 @@ def fork_hf(model_dir: str | Path, fork_layer: int | None, out: str | Path, imag
         sharing=sharing,
         text_vocab_size=max(backbone.vocab_size, text.vocab_size),
         image_vocab_size=icfg.num_codes,
+        residual_depth=icfg.residual_depth,  # at > 1 the gen branch gets a fresh depth head
         image_tokens=icfg.grid**2,
         image_latent_dim=feature_width(spec) if spec else icfg.latent_dim,
         **({"und_input": "vision", "vision": spec} if spec else {}),

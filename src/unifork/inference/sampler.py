@@ -135,9 +135,11 @@ def sample_speculative(model: UniFork, builder: SequenceBuilder, request: CodeRe
     s = request.settings
     if model.cfg.residual_depth > 1:
 
+        k = model.cfg.image_vocab_size
+
         def level_probs(contexts: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
             rows, t, width = contexts.shape
-            logits = model.code_logits(contexts.reshape(-1, width), levels[feed_rows].flatten(0, 1)).view(rows, t, -1)
+            logits = model.code_logits(contexts.reshape(-1, width), levels[feed_rows].flatten(0, 1)).view(rows, t, k)
             return token_probs(_guided(logits, c, u, s.cfg_scale), s.temperature, s.top_k, s.top_p)
 
         return speculative_level_codes(model, batch, feed_rows, level_probs, s.speculative, request.generator)

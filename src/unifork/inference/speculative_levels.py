@@ -58,7 +58,7 @@ class Codes:
     def draw(self, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes (n, T), their probability (n, T)): level after level from the depth head, or uniformly."""
         shape = (self.n, self.positions)
-        if self.contexts is None:
+        if self.contexts is None or not self.positions:
             levels = torch.randint(self.num_codes, (*shape, self.depth), generator=generator, device=self.device)
             codes = pack_levels(levels, self.num_codes)
             return codes, self.prob(codes)
