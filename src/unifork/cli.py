@@ -52,6 +52,16 @@ def _cmd_tokenizer_reconstruct(args: argparse.Namespace) -> None:
     print(f"{len(result['codes'])} codes, reconstruction PSNR {result['psnr']:.2f} dB, written to {args.out}")
 
 
+def _cmd_tokenizer_eval(args: argparse.Namespace) -> None:
+    from unifork.eval.tokenizer_eval import evaluate_tokenizer
+
+    result = evaluate_tokenizer(args.tokenizer, args.out, n_images=args.images, prompts_per_category=args.prompts)
+    codes, rec, ceiling = result["codes"], result["reconstruction"], result["ceiling"]["accuracy"]
+    print(f"{codes['positions']} positions x {codes['residual_depth']} codes of {codes['codes_per_level']}: PSNR "
+          f"{rec['test']['psnr']:.2f} dB (test), {rec['heldout']['psnr']:.2f} dB (held-out compositions); exact rule on "
+          f"round trips {ceiling['overall']:.3f} overall" + (f"; wrote {args.out}" if args.out else ""))  # fmt: skip
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from unifork.quickstart import quickstart
 
@@ -353,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     tok_rec.add_argument("--image", required=True, help="input image file (any mode/size; converted to RGB, resized)")
     tok_rec.add_argument("--out", required=True, help="output PNG of the reconstruction")
     tok_rec.set_defaults(func=_cmd_tokenizer_reconstruct)
+
+    tok_eval = tok_sub.add_parser("eval", help="what an image tokenizer keeps of the world: reconstruction PSNR/SSIM and "
+                                  "the exact rule on round trips (the ceiling of any generator on it)")  # fmt: skip
+    tok_eval.add_argument("--tokenizer", required=True, help="image tokenizer directory")
+    tok_eval.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    tok_eval.add_argument("--images", type=int, default=512, help="world scenes per split for PSNR/SSIM")
+    tok_eval.add_argument("--prompts", type=int, default=16, help="ShapeEval prompts per category (4 renderings each)")
+    tok_eval.set_defaults(func=_cmd_tokenizer_eval)
 
     qs = sub.add_parser("quickstart", help="the main job: train and evaluate a small UniFork on the shapes world")
     qs.add_argument("--out", default="runs/quickstart", help="output directory")
