@@ -90,6 +90,15 @@ def test_chat_with_an_image_answers_as_the_pipeline_does(client, ckpt):
     assert jpeg.choices[0].message.content  # any order of parts, any image type PIL reads
 
 
+def test_null_settings_mean_the_defaults(client, url):
+    body = {"model": MODEL, "messages": ask(), "temperature": None, "top_p": None, "n": None, "stream": None,
+            "max_tokens": 6, "seed": 4, "frequency_penalty": None, "logprobs": None}  # fmt: skip
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    defaults = client.chat.completions.create(model=MODEL, messages=ask(), max_tokens=6, seed=4)  # temperature 1, n 1
+    assert [c["message"]["content"] for c in response.json()["choices"]] == [defaults.choices[0].message.content]
+
+
 def test_sampled_answers_follow_the_seed(client):
     def answers(seed):
         response = client.chat.completions.create(model=MODEL, messages=ask(), temperature=1.0, n=3, seed=seed, max_tokens=10)
@@ -156,7 +165,7 @@ CHAT_ERRORS = {
     "only a question": ({"messages": [{"role": "user", "content": [ask()[0]["content"][1]]}]},
                         openai.BadRequestError, "messages[0].content", "must not be empty"),
     "question over the context": ({"messages": ask("why " * 100)}, openai.BadRequestError, "messages[0].content", ""),
-    "penalty": ({"frequency_penalty": 0.5}, openai.BadRequestError, "frequency_penalty", "not supported"),
+    "penalty": ({"frequency_penalty": 0.5}, openai.BadRequestError, "frequency_penalty", "send null or 0"),
     "tools": ({"tools": [{"type": "function", "function": {"name": "f"}}]}, openai.BadRequestError, "tools", ""),
     "five stops": ({"stop": ["a", "b", "c", "d", "e"]}, openai.BadRequestError, "stop", "at most 4"),
     "unknown field": ({"extra_body": {"beams": 4}}, openai.BadRequestError, "beams", ""),

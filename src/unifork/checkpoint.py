@@ -90,7 +90,9 @@ def check_compatible(model: UniFork, text: TextTokenizer, image: ImageCodec) -> 
     cfg, icfg = model.cfg, image.cfg
     checks = [
         (text.vocab_size <= cfg.text_vocab_size, f"text tokenizer has {text.vocab_size} ids", f"text_vocab_size={cfg.text_vocab_size}"),
-        (icfg.num_codes <= cfg.image_vocab_size, f"image tokenizer has {icfg.num_codes} codes", f"image_vocab_size={cfg.image_vocab_size}"),
+        # packed residual ids are read in base num_codes: at depth > 1 the counts must be equal, not just fit
+        (icfg.num_codes <= cfg.image_vocab_size if icfg.residual_depth == 1 else icfg.num_codes == cfg.image_vocab_size,
+         f"image tokenizer has {icfg.num_codes} codes", f"image_vocab_size={cfg.image_vocab_size}"),
         (icfg.grid**2 == cfg.image_tokens, f"image tokenizer gives {icfg.grid**2} codes per image", f"image_tokens={cfg.image_tokens}"),
         (icfg.residual_depth == cfg.residual_depth, f"image tokenizer has {icfg.residual_depth} residual levels",
          f"residual_depth={cfg.residual_depth}"),

@@ -56,7 +56,7 @@ def _sampler(model: UniFork, builder: SequenceBuilder, prompts: list[str], windo
 def _passes(model: UniFork, run, calls: int = 3) -> list[int]:
     """Forward passes of the gen branch in each of `calls` runs (the draws differ from run to run)."""
     count = [0]
-    handle = model.gen.head.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    handle = model.gen.norm.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
     try:
         out = []
         for _ in range(calls):

@@ -89,10 +89,11 @@ def sample_answers(model: UniFork, builder: SequenceBuilder, codes: torch.Tensor
         owners = [(r, i) for r in requests for i in range(r.n)]
 
         def report(position: int, token: torch.Tensor, live: torch.Tensor) -> None:
+            tokens = token.tolist()  # one copy from the device, not one per row
             for row in live.nonzero().flatten().tolist():
                 request, index = owners[row]
                 if request.on_token is not None:
-                    request.on_token(index, position, int(token[row]))
+                    request.on_token(index, position, tokens[row])
 
     tokens, stopped = _decode_text(model, batch, budget, pick, builder.text.eos_id, report)
     answers = []

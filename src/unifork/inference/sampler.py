@@ -96,7 +96,6 @@ def _sample_plain(model: UniFork, builder: SequenceBuilder, requests: list[CodeR
                   decoding: Decoding) -> list[torch.Tensor]:  # fmt: skip
     """One forward pass per code for the whole batch of requests."""
     batch, cond, uncond, feed_rows = _rows(model, builder, requests)
-    total = cond[-1].stop
     length = model.cfg.image_tokens
     logits, step = decoding(model, "gen", batch, length)
     codes = []

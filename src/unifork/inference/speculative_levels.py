@@ -24,7 +24,10 @@ from unifork.tokenizers.residual import pack_levels, unpack_levels
 
 # contexts (rows, T, C) and the levels chosen so far (n images, T, d) -> each image's next-level distribution (n, T, K)
 LevelProbs = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-MAX_RESIDUAL_DRAWS = 1000  # p and q closer than 1e-3 in total variation: p itself (speculative.py's "p == q" case)
+# After this many rejected draws, p itself: at total variation TV a rejection happens with probability TV and then
+# runs out of draws with probability (1 - TV)^N, so the cap moves at most TV (1 - TV)^N <= 1 / (e N) ~ 4e-6 of a
+# position's probability; speculative.py takes p where p == q the same way.
+MAX_RESIDUAL_DRAWS = 100_000
 
 
 @dataclass
@@ -47,12 +50,12 @@ class Codes:
     def prob(self, codes: torch.Tensor) -> torch.Tensor:
         """(n, T) probability of each image's code (n, T)."""
         if self.contexts is None:
-            return torch.full(codes.shape, float(self.num_codes) ** -self.depth, device=codes.device)
+            return torch.full(codes.shape, float(self.num_codes) ** -self.depth, dtype=torch.float64, device=codes.device)
         levels = unpack_levels(codes, self.num_codes, self.depth)
-        p = torch.ones(codes.shape, device=codes.device)
+        p = torch.ones(codes.shape, dtype=torch.float64, device=codes.device)  # a product of D small numbers
         for d in range(self.depth):
             probs = self.level_probs(self.contexts, levels[..., :d])
-            p = p * probs.gather(-1, levels[..., d : d + 1])[..., 0]
+            p = p * probs.gather(-1, levels[..., d : d + 1])[..., 0].double()
         return p
 
     def draw(self, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,11 +66,11 @@ class Codes:
             codes = pack_levels(levels, self.num_codes)
             return codes, self.prob(codes)
         chosen = torch.empty(*shape, 0, dtype=torch.long, device=self.device)
-        p = torch.ones(shape, device=self.device)
+        p = torch.ones(shape, dtype=torch.float64, device=self.device)
         for _ in range(self.depth):
             probs = self.level_probs(self.contexts, chosen)
             level = draw(probs, generator)
-            p = p * probs.gather(-1, level[..., None])[..., 0]
+            p = p * probs.gather(-1, level[..., None])[..., 0].double()
             chosen = torch.cat([chosen, level[..., None]], dim=-1)
         return pack_levels(chosen, self.num_codes), p
 
@@ -81,7 +84,7 @@ def residual_draw(p: Codes, q: Codes, pending: torch.Tensor, generator: torch.Ge
         y, py = y[:, 0], py[:, 0]
         if out is None:
             out = y.clone()
-        u = torch.rand(y.shape, generator=generator, device=y.device)
+        u = torch.rand(y.shape, generator=generator, device=y.device, dtype=torch.float64)
         take = pending & (u * py < py - q.prob(y[:, None])[:, 0])  # kept with probability (p - q)+ / p
         out[take] = y[take]
         pending &= ~take
@@ -110,7 +113,7 @@ def speculative_level_codes(model: UniFork, batch: Batch, image_of_row: torch.Te
         out = feed(model, state, torch.cat([last[:, None], d], dim=1)[image_of_row], CODE)  # (rows, w + 1, C)
         p = codes_of(out, w + 1)  # position j: the distribution of code done + j
         passes += 1
-        u = torch.rand(n, w, generator=generator, device=d.device)
+        u = torch.rand(n, w, generator=generator, device=d.device, dtype=torch.float64)
         kept = u * draft_q[:, :w] < p.take(0, w).prob(d)
         accepted = kept.long().cumprod(-1).sum(-1)
         m = int(accepted.min())

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,12 +100,14 @@ def _read_part(part: Any, where: str) -> str | tuple[str, str]:
 
 
 def check_unsupported(body: ChatRequest) -> None:
-    neutral = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "logprobs": False, "tools": None, "tool_choice": None}
-    for name, value in neutral.items():
-        if getattr(body, name) != value:
-            raise FieldError(name, f"is not supported by this model; leave it out (or at {value})")
+    neutral = {"frequency_penalty": (None, 0), "presence_penalty": (None, 0), "logprobs": (None, False), "tools": (None,),
+               "tool_choice": (None,)}  # fmt: skip
+    for name, allowed in neutral.items():
+        if getattr(body, name) not in allowed:
+            shown = " or ".join(json.dumps(v) for v in allowed)
+            raise FieldError(name, f"is not supported by this model; leave it out (or send {shown})")
     if body.response_format not in (None, {"type": "text"}):
-        raise FieldError("response_format", "only {'type': 'text'} is supported; this model answers in plain text")
+        raise FieldError("response_format", 'only {"type": "text"} is supported; this model answers in plain text')
 
 
 def stop_sequences(stop: Any) -> list[str]:

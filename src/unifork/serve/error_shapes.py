@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-OPENAI_PATHS = ("/v1/models", "/v1/images/generations", "/v1/chat/completions")
+CHAT_PATH = "/v1/chat/completions"
+OPENAI_PATHS = ("/v1/models", "/v1/images/generations", CHAT_PATH)
 OPENAI_TYPES = {404: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 504: "timeout"}
 OPENAI_CODES = {429: "rate_limit_exceeded", 504: "timeout"}
 

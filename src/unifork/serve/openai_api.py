@@ -17,6 +17,7 @@ import dataclasses
 import json
 import secrets
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from starlette.concurrency import run_in_threadpool
 
 from unifork.serve.chat import check_unsupported, cut_at_stop, read_messages, shown_text, stop_sequences
 from unifork.serve.engine import Engine
-from unifork.serve.errors import FieldError
+from unifork.errors import UserError
+from unifork.serve.error_shapes import CHAT_PATH, error_body
+from unifork.serve.errors import EngineStopped, FieldError, RequestTimeout
 from unifork.serve.images import decode_base64_image, png_base64
 from unifork.serve.limits import MAX_SEED
 from unifork.serve.openai_schemas import ChatRequest, ImagesRequest
@@ -78,7 +81,7 @@ def add_openai_routes(app: FastAPI, engine: Engine, runner: ModelRunner, model_i
                   "size": f"{size}x{size}", "seed": work.seed}  # fmt: skip
         return JSONResponse(result, headers={"X-Batch-Size": str(job.batch_size)})
 
-    @app.post("/v1/chat/completions")
+    @app.post(CHAT_PATH)
     async def chat(body: ChatRequest, request: Request):
         check_model(body.model)
         check_unsupported(body)
@@ -89,11 +92,13 @@ def add_openai_routes(app: FastAPI, engine: Engine, runner: ModelRunner, model_i
         image = await run_in_threadpool(decode_base64_image, asked.image_url, asked.image_field)
         seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
         budget = body.max_completion_tokens or body.max_tokens or runner.pipe.model.cfg.max_seq_len
-        settings = dict(n=body.n, max_new_tokens=budget, temperature=body.temperature, top_k=body.top_k,
-                        top_p=body.top_p, seed=seed)  # fmt: skip
-        reply = Reply(model_id, seed, stops, body.n)
+        settings = dict(n=body.choices, max_new_tokens=budget, top_k=body.top_k or 0, seed=seed,
+                        temperature=1.0 if body.temperature is None else body.temperature,
+                        top_p=1.0 if body.top_p is None else body.top_p)  # fmt: skip
+        reply = Reply(model_id, seed, stops, body.choices)
         if not body.stream:
-            job = await engine.run("ask", AskWork(image, asked.question, **settings), disconnected=request.is_disconnected)
+            work = AskWork(image, asked.question, **settings)
+            job = await engine.run("ask", work, images=body.choices, disconnected=request.is_disconnected)
             return JSONResponse(reply.completion(job.future.result()), headers={"X-Batch-Size": str(job.batch_size)})
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return await _stream(engine, request, AskWork(image, asked.question, **settings), reply, include_usage, runner)
@@ -141,6 +146,20 @@ class Reply:
         return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
 
 
+DIVERGED = UserError("the answer changed when its batch was rerun after another request in it failed; send the request again")
+
+
+def _error_event(err: Exception) -> str:
+    """An error after the stream began, as OpenAI's error object in an event; a server bug says only its type."""
+    if isinstance(err, (UserError, RequestTimeout, EngineStopped)):
+        status = 504 if isinstance(err, RequestTimeout) else 503 if isinstance(err, EngineStopped) else 400
+        message = str(err)
+    else:
+        traceback.print_exception(err)  # the server log has it; the client gets no internals
+        status, message = 500, f"internal error ({type(err).__name__}); the server log has the traceback"
+    return f"data: {json.dumps(error_body(CHAT_PATH, status, message)[1])}\n\n"
+
+
 async def _stream(engine: Engine, request: Request, work: AskWork, reply: Reply, include_usage: bool,
                   runner: ModelRunner) -> StreamingResponse:  # fmt: skip
     """Answer as server-sent events while the worker draws the tokens.
@@ -159,7 +178,7 @@ async def _stream(engine: Engine, request: Request, work: AskWork, reply: Reply,
             pass
 
     work = dataclasses.replace(work, on_token=on_token)
-    running = asyncio.ensure_future(engine.run("ask", work, disconnected=request.is_disconnected))
+    running = asyncio.ensure_future(engine.run("ask", work, images=work.n, disconnected=request.is_disconnected))
     running.add_done_callback(lambda _: events.put_nowait(finished))
     first = await events.get()
     if first is finished:
@@ -176,7 +195,11 @@ async def _stream(engine: Engine, request: Request, work: AskWork, reply: Reply,
             event = first
             while event is not finished:
                 index, position, token = event
-                if position == len(tokens[index]) and not done[index]:  # a rerun after a failed batch repeats tokens
+                if position < len(tokens[index]):  # a failed batch is rerun request by request: its tokens again
+                    if tokens[index][position] != token:
+                        yield _error_event(DIVERGED)
+                        return
+                elif not done[index]:
                     tokens[index].append(token)
                     text, done[index] = shown_text(decode(tokens[index]), reply.stops)
                     if len(text) > len(sent[index]):
@@ -186,12 +209,14 @@ async def _stream(engine: Engine, request: Request, work: AskWork, reply: Reply,
             try:
                 answers = running.result().future.result()
             except Exception as err:  # noqa: BLE001 - past the first byte an error can only be an event
-                error = {"message": str(err), "type": "server_error", "param": None, "code": None}
-                yield f"data: {json.dumps({'error': error})}\n\n"
+                yield _error_event(err)
                 return
-            for index, answer in enumerate(answers):
-                text, reason = reply.final(answer)
-                tail = text[len(sent[index]):] if text.startswith(sent[index]) else ""
+            finals = [reply.final(answer) for answer in answers]
+            if not all(text.startswith(shown) for (text, _), shown in zip(finals, sent)):
+                yield _error_event(DIVERGED)
+                return
+            for index, (text, reason) in enumerate(finals):
+                tail = text[len(sent[index]) :]
                 yield reply.chunk([reply.delta(index, tail or None, finish=reason)], with_usage=include_usage)
             if include_usage:
                 yield reply.chunk([], usage=reply.usage(answers), with_usage=True)

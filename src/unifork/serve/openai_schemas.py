@@ -7,7 +7,7 @@ refused by name rather than ignored, so a harness never reports a setting that d
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -37,28 +37,34 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """POST /v1/chat/completions: one question about one image (chat.read_messages)."""
+    """POST /v1/chat/completions: one question about one image (chat.read_messages). OpenAI lets a client send null
+    for most settings (the official client does, for an argument given as None): null means the default."""
 
     model_config = STRICT
 
     model: str = Field(description="the served model's id (GET /v1/models)")
     messages: list[Any] = Field(min_length=1, description="optional system messages and one user message with a "
                                 "data: URL image and text")  # fmt: skip
-    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False, description="0 = greedy (OpenAI's default is 1)")
-    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    top_k: int = Field(0, ge=0, le=MAX_TOP_K, description="extra field: keep the k most likely tokens (0 = off)")
-    n: int = Field(1, ge=1, le=MAX_CHOICES, description="answers to draw")
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_FIELD, description="most tokens per answer")
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_FIELD, description="the same, newer name")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same request and seed, same answers; omitted: random")
-    stream: bool = False
+    temperature: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] | None = Field(
+        None, description="0 = greedy; null or omitted: 1, OpenAI's default")
+    top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] | None = Field(None, description="extra field: keep the k most likely tokens (0 = off)")
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = Field(None, description="answers to draw (default 1)")
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_FIELD)] | None = Field(None, description="most tokens per answer")
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_FIELD)] | None = Field(None, description="the same, newer name")
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(None, description="same request and seed, same answers; omitted: random")
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: Any = Field(None, description=f"a string or up to {MAX_STOP_SEQUENCES}: the answer ends before the first")
     user: str | None = Field(None, description="accepted and not used")
     # OpenAI fields this model cannot honour: accepted at their neutral value only (chat.check_unsupported)
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    logprobs: bool = False
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logprobs: bool | None = None
     response_format: Any = None
     tools: Any = None
     tool_choice: Any = None
+
+    @property
+    def choices(self) -> int:
+        return 1 if self.n is None else self.n

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from unifork.atomic import atomic_write_text
 from unifork.errors import UserError, param
+from unifork.model.config import ModelConfig
 from unifork.study.plans import RECOMMENDED, plan_config
 from unifork.study.presets import PRESETS, StudyPreset
 from unifork.train.recipe import DICTATED_FIELDS
@@ -141,19 +142,26 @@ def evaluation_settings(preset: StudyPreset) -> dict:
 SAMPLING_BEFORE = {"speculative": 0}
 
 
-# Model config fields added after results were recorded, with the value every model before them had.
+# Model config and [tokenizer] fields added after results were recorded, with the value every run before them had.
 MODEL_BEFORE = {"residual_depth": 1, "depth_head_layers": 2}
+TOKENIZER_BEFORE = {"residual_depth": 0}
 
 
 def recorded_recipe(result: dict) -> dict | None:
-    """A result's recipe, with the model fields it predates at the value its model had (in the model, and in what
-    its size preset stated, for the fields a preset states)."""
+    """A result's recipe, with the fields it predates at the value its run had: in the model, in what its size
+    preset stated (for the fields a preset states) and in its [tokenizer] table."""
     recipe = result.get("recipe")
     if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict):
         return recipe
-    stated = {k: v for k, v in MODEL_BEFORE.items() if k not in DICTATED_FIELDS}
-    keys = recipe.get("model_keys")
-    return recipe | {"model": MODEL_BEFORE | recipe["model"]} | ({"model_keys": stated | keys} if keys else {})
+    recipe = recipe | {"model": MODEL_BEFORE | recipe["model"]}
+    if isinstance(recipe.get("tokenizer"), dict):
+        recipe["tokenizer"] = TOKENIZER_BEFORE | recipe["tokenizer"]
+    keys = recipe.get("model_keys") or {}
+    # a size preset states every field it has (train/recipe.py); a [model] table without one states only its own
+    from_preset = {f.name for f in fields(ModelConfig)} - set(DICTATED_FIELDS) - set(MODEL_BEFORE) <= set(keys)
+    if from_preset:
+        recipe["model_keys"] = {k: v for k, v in MODEL_BEFORE.items() if k not in DICTATED_FIELDS} | keys
+    return recipe
 
 
 def recorded_evaluation(result: dict) -> dict | None:

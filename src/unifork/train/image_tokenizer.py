@@ -32,7 +32,7 @@ from unifork.train.schedule import progress_bar, warmup_cosine
 from unifork.train.tokenizer_images import SourceImages, WorldImages, source_corpus, source_eval_images, world_data
 
 STATE_FILE = "tokenizer_state.pt"
-MAX_RESIDUAL_DEPTH = 8  # VILA-U uses 4; the packed ids of 8 levels of 512 codes still fit an int64
+MAX_RESIDUAL_DEPTH = 8  # VILA-U uses 4; the packed ids must also fit an int64 (6 levels of 512 codes do, 7 do not)
 REPORT_FILE = "report.json"
 SHEET_FILE = "reconstructions.png"
 
@@ -147,10 +147,22 @@ def _recipe(size: str, steps: int | None, batch_size: int | None, data: Tokenize
         if not 1 <= data.residual_depth <= MAX_RESIDUAL_DEPTH:
             raise UserError(f"{param('residual_depth')} must be between 1 and {MAX_RESIDUAL_DEPTH}, got {data.residual_depth}")
         model = replace(model, residual_depth=data.residual_depth)
+        if model.code_space >= 2**62:
+            raise UserError(f"{param('residual_depth')} {data.residual_depth} with {model.num_codes} codes per level makes "
+                            f"{model.num_codes}**{data.residual_depth} packed ids, more than an int64 holds; use at most "
+                            f"{_deepest(model.num_codes)}")  # fmt: skip
     recipe = replace(recipe, steps=steps or recipe.steps, batch_size=batch_size or recipe.batch_size, model=model)
     if not data.world:  # the per-cell labels exist only where the scene is known
         recipe = replace(recipe, semantic_weight=0.0)
     return recipe
+
+
+def _deepest(num_codes: int) -> int:
+    """The most residual levels whose packed ids fit an int64."""
+    depth = 1
+    while num_codes ** (depth + 1) < 2**62:
+        depth += 1
+    return depth
 
 
 class _Fit:
