@@ -85,6 +85,7 @@ class Pipeline:
             codes, latents = und_inputs(self.model.cfg, self.image_tokenizer, images, self.device)
         return sample_answers(self.model, self.builder, codes, latents, requests)
 
+
 def image_grid(images: list[Image.Image], gap: int = 2) -> Image.Image:
     """Images in a near-square grid, row by row, with `gap` white pixels between them."""
     cols = math.ceil(math.sqrt(len(images)))

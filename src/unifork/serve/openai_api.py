@@ -48,9 +48,9 @@ def add_openai_routes(app: FastAPI, engine: Engine, runner: ModelRunner, model_i
     card = {"id": model_id, "object": "model", "created": created, "owned_by": "unifork",
             "tasks": list(runner.tasks), "sharing": runner.pipe.model.cfg.plan, "image_size": f"{size}x{size}"}  # fmt: skip
 
-    def check_model(name: str | None, field: str = "model") -> None:
+    def check_model(name: str | None) -> None:
         if name is not None and name != model_id:
-            raise FieldError(field, f"'{name}' is not served here; this server serves '{model_id}' (GET /v1/models)",
+            raise FieldError("model", f"'{name}' is not served here; this server serves '{model_id}' (GET /v1/models)",
                              status=404, code="model_not_found")  # fmt: skip
 
     @app.get("/v1/models")
@@ -96,12 +96,12 @@ def add_openai_routes(app: FastAPI, engine: Engine, runner: ModelRunner, model_i
                         temperature=1.0 if body.temperature is None else body.temperature,
                         top_p=1.0 if body.top_p is None else body.top_p)  # fmt: skip
         reply = Reply(model_id, seed, stops, body.choices)
+        work = AskWork(image, asked.question, **settings)
         if not body.stream:
-            work = AskWork(image, asked.question, **settings)
-            job = await engine.run("ask", work, images=body.choices, disconnected=request.is_disconnected)
+            job = await engine.run("ask", work, images=work.n, disconnected=request.is_disconnected)
             return JSONResponse(reply.completion(job.future.result()), headers={"X-Batch-Size": str(job.batch_size)})
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return await _stream(engine, request, AskWork(image, asked.question, **settings), reply, include_usage, runner)
+        return await _stream(engine, request, work, reply, include_usage, runner)
 
 
 class Reply:
